@@ -1,0 +1,307 @@
+"""RVOS model properties on tiny untrained CPU models: config validation, encoder levels, gradients in every
+variant, step == clip forward == chunks, batched rows == separate videos, fixed-size state, given masks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rvos_batch.model import RVOS, ConfigError, Encoder, RVOSConfig, RVOSState
+from rvos_batch.model.config import BACKBONES
+
+SIZE = (64, 96)
+VARIANTS = list(itertools.product(["zero-shot", "one-shot"], ["S", "T", "ST"]))
+
+
+def tiny(
+    mode: str = "one-shot",
+    recurrence: str = "ST",
+    backbone: str = "mobilenet_v2",
+    slots: int = 3,
+    size: tuple[int, int] = SIZE,
+    seed: int = 0,
+) -> RVOS:
+    torch.manual_seed(seed)
+    cfg = RVOSConfig(backbone=backbone, hidden=16, num_slots=slots, mode=mode, recurrence=recurrence, input_size=size)
+    return RVOS(cfg).eval()
+
+
+def clip_and_masks(b: int, t: int, s: int, size: tuple[int, int] = SIZE, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    clip = torch.rand(b, t, 3, *size, generator=g)
+    masks = (torch.rand(b, t, s, *size, generator=g) > 0.7).float()
+    valid = torch.zeros(b, t, s, dtype=torch.bool)
+    valid[:, 0, : s - 1] = True  # all but the last object are given on frame 0 ...
+    valid[:, min(2, t - 1), s - 1] = True  # ... the last one appears later
+    return clip, masks, valid
+
+
+def assert_state_close(a: RVOSState, b: RVOSState, atol: float = 1e-5) -> None:
+    for x, y in zip(a.tensors(), b.tensors(), strict=True):
+        assert x.shape == y.shape
+        if x.dtype.is_floating_point:
+            torch.testing.assert_close(x, y, atol=atol, rtol=0)
+        else:
+            assert torch.equal(x, y)
+
+
+# ---- config --------------------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_validation():
+    cfg = RVOSConfig(backbone="resnet18", hidden=32, num_slots=4, mode="one-shot", recurrence="T", input_size=(65, 97))
+    assert RVOSConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["input_size"] == [65, 97]
+    with pytest.raises(ConfigError, match=r"backbone='vgg16'.*mobilenet_v2"):
+        RVOSConfig(backbone="vgg16")
+    with pytest.raises(ConfigError, match=r"hidden=12.*multiple of 8"):
+        RVOSConfig(hidden=12)
+    with pytest.raises(ConfigError, match=r"recurrence='X'"):
+        RVOSConfig(recurrence="X")
+    with pytest.raises(ConfigError, match=r"mode='two-shot'"):
+        RVOSConfig(mode="two-shot")
+    with pytest.raises(ConfigError, match=r"num_slots=0"):
+        RVOSConfig(num_slots=0)
+    with pytest.raises(ConfigError, match=r"input_size=\(16, 64\)"):
+        RVOSConfig(input_size=(16, 64))
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['dropout'\]"):
+        RVOSConfig.from_dict({"dropout": 0.1})
+
+
+# ---- encoder -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_encoder_publishes_levels_and_odd_sizes_work(backbone):
+    enc = Encoder(backbone, hidden=16).eval()
+    assert enc.strides == (4, 8, 16, 32)
+    assert enc.channels == (4, 8, 16, 16)  # H/4, H/2, H, H for f2..f5
+    size = (33, 47)
+    with torch.no_grad():
+        x = enc.stem(torch.rand(1, 3, *size))
+        for stage, c in zip(enc.stages, enc.backbone_channels, strict=True):
+            x = stage(x)
+            assert x.shape[1] == c
+        feats = enc(torch.rand(2, 3, *size))
+    assert [tuple(f.shape[1:]) for f in feats] == [
+        (c, *hw) for c, hw in zip(enc.channels, enc.feature_sizes(size), strict=True)
+    ]
+    assert enc.feature_sizes((256, 448)) == [(64, 112), (32, 56), (16, 28), (8, 14)]  # RVOS.md
+
+
+@pytest.mark.parametrize("size", [(64, 96), (65, 97), (71, 33)])
+def test_odd_input_sizes(size):
+    model = tiny(size=size)
+    state = model.init_state(2)
+    with torch.no_grad():
+        logits, state = model.step(torch.rand(2, 3, *size), state, torch.rand(2, 3, *size))
+    assert logits.shape == (2, 3, *size)
+    assert torch.isfinite(logits).all()
+
+
+# ---- gradients -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,recurrence", VARIANTS)
+def test_every_parameter_gets_a_gradient(mode, recurrence):
+    model = tiny(mode, recurrence).train()
+    clip, masks, valid = clip_and_masks(2, 2, 3, size=(32, 64))
+    given = (masks, valid) if mode == "one-shot" else (None, None)
+    logits, _ = model(clip, None, *given)
+    assert logits.shape == (2, 2, 3, 32, 64)
+    logits.sigmoid().square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_variants_build_only_the_inputs_they_use():
+    h = 16
+    counts = {}
+    for mode, rec in VARIANTS:
+        cell = tiny(mode, rec).decoder.cells[0]
+        counts[mode, rec] = (cell.gates.in_channels, cell.gates.out_channels)
+    # layer 0 input: f5 (H) + [mask] + [h spatial] + [h temporal]; no spatial recurrence -> no forget gate
+    assert counts["zero-shot", "ST"] == (3 * h, 4 * h)
+    assert counts["zero-shot", "S"] == (2 * h, 4 * h)
+    assert counts["zero-shot", "T"] == (2 * h, 3 * h)
+    assert counts["one-shot", "ST"] == (3 * h + 1, 4 * h)
+
+
+def test_parameter_count_matches_the_paper():
+    model = RVOS(RVOSConfig(backbone="resnet101", hidden=128, mode="zero-shot"))
+    head = sum(p.numel() for p in [*model.decoder.parameters(), *model.encoder.projections.parameters()])
+    backbone = sum(p.numel() for p in [*model.encoder.stem.parameters(), *model.encoder.stages.parameters()])
+    assert abs(head - 6.8e6) < 0.1e6  # RVOS.md: decoder + projections about 6.8 M
+    assert abs(backbone - 42.5e6) < 0.1e6  # ResNet-101 trunk about 42.5 M
+
+
+# ---- step / forward / chunks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,recurrence", VARIANTS)
+def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence):
+    model = tiny(mode, recurrence)
+    clip, masks, valid = clip_and_masks(2, 5, 3)
+    given = (masks, valid) if mode == "one-shot" else (None, None)
+    with torch.no_grad():
+        whole, final = model(clip, None, *given)
+        for chunks in ([1, 1, 1, 1, 1], [2, 3], [4, 1]):
+            state = model.init_state(2)
+            outs, t0 = [], 0
+            for n in chunks:
+                sl = slice(t0, t0 + n)
+                gm = (masks[:, sl], valid[:, sl]) if mode == "one-shot" else (None, None)
+                out, state = model(clip[:, sl], state, *gm)
+                outs.append(out)
+                t0 += n
+            torch.testing.assert_close(torch.cat(outs, 1), whole, atol=1e-5, rtol=0)
+            assert_state_close(state, final)
+    assert final.frame_index.tolist() == [5, 5]
+
+
+def test_state_size_is_independent_of_video_length():
+    model = tiny("one-shot", "ST")
+    state = model.init_state(1)
+    sizes = [state.nbytes()]
+    shapes = [[tuple(t.shape) for t in state.tensors()]]
+    with torch.no_grad():
+        for t in range(6):
+            _, state = model.step(torch.rand(1, 3, *SIZE), state, torch.rand(1, 3, *SIZE) if t == 0 else None)
+            sizes.append(state.nbytes())
+            shapes.append([tuple(x.shape) for x in state.tensors()])
+    assert len(set(sizes)) == 1 and all(s == shapes[0] for s in shapes)
+    assert [tuple(h.shape) for h in state.hidden] == [
+        (1, 3, 16, 2, 3),
+        (1, 3, 8, 4, 6),
+        (1, 3, 4, 8, 12),
+        (1, 3, 2, 16, 24),
+    ]
+
+
+# ---- batching ------------------------------------------------------------------------------------------------
+
+
+def test_batched_rows_equal_separate_videos_with_reset_and_idle_rows():
+    model = tiny("one-shot", "ST")
+    g = torch.Generator().manual_seed(3)
+    videos = {name: torch.rand(t, 3, *SIZE, generator=g) for name, t in [("a", 5), ("b", 2), ("c", 3)]}
+    firsts = {name: (torch.rand(3, *SIZE, generator=g) > 0.6).float() for name in videos}
+    with torch.no_grad():
+        solo = {}
+        for name, frames in videos.items():
+            state, outs = model.init_state(1), []
+            for t in range(frames.shape[0]):
+                out, state = model.step(frames[t : t + 1], state, firsts[name][None] if t == 0 else None)
+                outs.append(out[0])
+            solo[name] = outs
+        # Row 0 runs "a"; row 1 runs "b" then is reset and reused for "c"; at step 2 row 0 idles (not stepped).
+        schedule = [
+            {0: ("a", 0), 1: ("b", 0)},
+            {0: ("a", 1), 1: ("b", 1)},
+            {1: ("c", 0)},
+            {0: ("a", 2), 1: ("c", 1)},
+            {0: ("a", 3), 1: ("c", 2)},
+            {0: ("a", 4)},
+        ]
+        state = model.init_state(2)
+        batched: dict[str, list[torch.Tensor]] = {"a": [], "b": [], "c": []}
+        for plan in schedule:
+            rows = sorted(plan)
+            for r in rows:
+                if plan[r] == ("c", 0):
+                    state = model.reset_rows(state, [r])
+            before = {r: state.index_rows([r]) for r in range(2) if r not in plan}
+            frames = torch.stack([videos[plan[r][0]][plan[r][1]] for r in rows])
+            given = torch.zeros(len(rows), 3, *SIZE)
+            valid = torch.zeros(len(rows), 3, dtype=torch.bool)
+            for i, r in enumerate(rows):
+                if plan[r][1] == 0:
+                    given[i], valid[i] = firsts[plan[r][0]], True
+            out, sub = model.step(frames, state.index_rows(rows), given, valid)
+            state = state.scatter_rows(rows, sub)
+            for i, r in enumerate(rows):
+                batched[plan[r][0]].append(out[i])
+            for r, old in before.items():  # a row not stepped does not advance
+                assert_state_close(state.index_rows([r]), old, atol=0)
+    for name in videos:
+        torch.testing.assert_close(torch.stack(batched[name]), torch.stack(solo[name]), atol=1e-5, rtol=0)
+
+
+def test_reset_rows_zeroes_only_those_rows():
+    model = tiny("one-shot", "ST")
+    with torch.no_grad():
+        _, state = model.step(torch.rand(2, 3, *SIZE), model.init_state(2), torch.rand(2, 3, *SIZE))
+    reset = model.reset_rows(state, [1])
+    assert_state_close(reset.index_rows([0]), state.index_rows([0]), atol=0)
+    assert_state_close(reset.index_rows([1]), model.init_state(1), atol=0)
+    assert reset.frame_index.tolist() == [1, 0]
+
+
+def test_fewer_active_slots_give_the_same_first_slots():
+    model = tiny("one-shot", "ST", slots=4)
+    clip, masks, valid = clip_and_masks(1, 3, 4)
+    valid[:, 2, 3] = False  # nothing for slots >= 2
+    valid[:, 0, 2:] = False
+    with torch.no_grad():
+        full, full_state = model(clip, None, masks, valid)
+        part, part_state = model(clip, None, masks, valid, num_active_slots=2)
+        small, _ = model(clip, model.init_state(1, num_slots=2), masks[:, :, :2], valid[:, :, :2])
+    assert part.shape == (1, 3, 2, *SIZE)
+    torch.testing.assert_close(part, full[:, :, :2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(small, part, atol=1e-5, rtol=0)
+    for h in part_state.hidden:  # slots beyond the active ones keep their (zero) state
+        assert h[:, 2:].abs().sum() == 0
+
+
+# ---- one-shot given masks ------------------------------------------------------------------------------------
+
+
+def test_one_shot_uses_given_masks_and_feeds_them_to_the_next_frame():
+    model = tiny("one-shot", "ST")
+    frames = torch.rand(2, 1, 3, *SIZE)
+    m1 = torch.zeros(1, 3, *SIZE)
+    m1[..., 10:40, 20:60] = 1.0
+    m2 = torch.zeros(1, 3, *SIZE)
+    m2[..., 30:60, 50:90] = 1.0
+    with torch.no_grad():
+        out1, s1 = model.step(frames[0], model.init_state(1), m1)
+        out2, s2 = model.step(frames[0], model.init_state(1), m2)
+        assert not torch.allclose(out1, out2)
+        # frame 0's given masks are the previous mask for frame 1 too
+        torch.testing.assert_close(s1.prev_masks, m1)
+        n1, _ = model.step(frames[1], s1)
+        n2, _ = model.step(frames[1], s2)
+        assert not torch.allclose(n1, n2)
+        # after that the model's own (detached) soft output is fed back
+        _, s3 = model.step(frames[1], s1)
+        torch.testing.assert_close(s3.prev_masks, n1.sigmoid())
+
+
+def test_one_shot_slots_start_with_their_given_mask():
+    model = tiny("one-shot", "ST")
+    valid = torch.tensor([[True, False, False]])
+    with torch.no_grad():
+        _, state = model.step(torch.rand(1, 3, *SIZE), model.init_state(1), torch.rand(1, 3, *SIZE), valid)
+    assert state.started.tolist() == [[True, False, False]]
+    for h in state.hidden:  # not-yet-started slots hold zero state
+        assert h[:, 0].abs().sum() > 0 and h[:, 1:].abs().sum() == 0
+    assert state.prev_masks[:, 1:].abs().sum() == 0
+
+
+def test_bad_inputs_are_refused_with_names():
+    zs, os_ = tiny("zero-shot"), tiny("one-shot")
+    x = torch.rand(1, 3, *SIZE)
+    with pytest.raises(ValueError, match="one-shot models"):
+        zs.step(x, zs.init_state(1), torch.rand(1, 3, *SIZE))
+    with pytest.raises(ValueError, match=r"given_masks must be \(B, S, H, W\)"):
+        os_.step(x, os_.init_state(1), torch.rand(1, 2, *SIZE))
+    with pytest.raises(ValueError, match="do not match the state"):
+        os_.step(torch.rand(1, 3, 32, 32), os_.init_state(1))
+    with pytest.raises(ValueError, match=r"num_active_slots=4"):
+        os_.step(x, os_.init_state(1), num_active_slots=4)
+    with pytest.raises(ValueError, match=r"num_slots=9"):
+        os_.init_state(1, num_slots=9)
