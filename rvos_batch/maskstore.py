@@ -36,6 +36,7 @@ import os
 import posixpath
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -58,6 +59,8 @@ SHARD_FILE_RE = re.compile(r"^shard-(\d{5,})\.(json|parquet)$")
 TMP_PREFIXES = ("_tmp-", ".tmp-")
 MARKER_FORMAT = 1
 LOCK_NAME = "_lock.json"
+LOCK_HEARTBEAT_S = float(os.environ.get("RVOS_LOCK_HEARTBEAT_S", "20"))
+LOCK_TTL_S = float(os.environ.get("RVOS_LOCK_TTL_S", "120"))  # a lease not renewed this long is stale
 
 
 # --------------------------------------------------------------------------------------------- mask tables
@@ -91,9 +94,12 @@ def mask_table(
         score_arr = np.asarray(scores, dtype=np.float32).reshape(-1)
         if score_arr.shape[0] != k:
             raise ValueError(f"masks of {video_id!r} frame {frame_index}: {k} masks but {score_arr.shape[0]} scores")
-    rles = rle.encode_batch(masks.astype(bool, copy=False)) if k else []
-    areas = rle.area_batch(rles).astype(np.int64)
-    boxes = rle.bbox_batch(rles).astype(np.float32).reshape(k * 4)
+    if k:  # area and bbox come from the runs found while encoding: no counts string is parsed back
+        rles, areas, boxes = rle.encode_batch_with_stats(masks.astype(bool, copy=False))
+    else:
+        rles, areas, boxes = [], np.zeros(0, np.int64), np.zeros((0, 4))
+    areas = np.asarray(areas, dtype=np.int64)
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(k * 4)
     order = np.argsort(ids, kind="stable")
     table = pa.Table.from_arrays(
         [
@@ -366,9 +372,11 @@ class MaskStore:
     def lock(self, force: bool = False) -> Iterator[dict[str, Any]]:
         """Hold OUT/_lock.json while a driver plans, runs and records shards, so two runs never share OUT.
 
-        Created exclusively (``O_EXCL`` locally, a conditional PUT ``If-None-Match: *`` on S3). A lock left by
-        a dead process on this same host is taken over; any other existing lock raises MaskStoreError naming
-        its holder (delete OUT/_lock.json, or pass ``force=True``, once you are sure that run is gone).
+        Created exclusively (``O_EXCL`` locally, a conditional PUT ``If-None-Match: *`` on S3). The holder
+        renews it every ``LOCK_HEARTBEAT_S`` seconds (a lease). A lock left by a dead process on this same host,
+        or not renewed for ``LOCK_TTL_S`` seconds (its driver died on another machine), is taken over; any other
+        existing lock raises MaskStoreError naming its holder (delete OUT/_lock.json, or pass ``force=True``,
+        once you are sure that run is gone).
         """
         path = self._path(LOCK_NAME)
         holder = {
@@ -376,6 +384,7 @@ class MaskStore:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "acquired_at": _now(),
+            "heartbeat_at": time.time(),
         }
         data = (json.dumps(holder, indent=2, sort_keys=True) + "\n").encode()
         if not self._create_exclusive(path, data):
@@ -394,9 +403,25 @@ class MaskStore:
                     f"pid {current.get('pid')}, since {current.get('acquired_at')}); if that run is gone, "
                     f"delete {self.url}/{LOCK_NAME} and retry"
                 )
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(LOCK_HEARTBEAT_S):
+                try:
+                    if self._read_lock(path).get("owner") != holder["owner"]:
+                        return  # taken over (forced): stop renewing someone else's lock
+                    beat = dict(holder, heartbeat_at=time.time())
+                    storage.write_json_atomic(self.fs, path, beat)
+                except Exception:  # a missed heartbeat is retried at the next beat
+                    continue
+
+        beat_thread = threading.Thread(target=renew, daemon=True, name="rvos-lock-heartbeat")
+        beat_thread.start()
         try:
             yield holder
         finally:
+            stop.set()
+            beat_thread.join(timeout=5)
             if self._read_lock(path).get("owner") == holder["owner"]:
                 try:
                     self.fs.rm(path)
@@ -508,6 +533,27 @@ class MaskStore:
         """Write OUT/run.json atomically."""
         storage.write_json_atomic(self.fs, self._path("run.json"), run_json)
 
+    def write_plan(self, shards: list[dict[str, Any]]) -> None:
+        """Write OUT/plan.json: every shard's id, video ids and frame count (what ``status`` counts against)."""
+        storage.write_json_atomic(self.fs, self._path("plan.json"), {"shards": shards})
+
+    def read_plan(self) -> list[dict[str, Any]] | None:
+        try:
+            return list(storage.read_json(self.fs, self._path("plan.json"))["shards"])
+        except FileNotFoundError:
+            return None
+
+    def clear(self) -> None:
+        """Delete everything a labeling run wrote in OUT except the lock (``--overwrite``)."""
+        for name in ("masks", "videos", "_commits", "_failed"):
+            path = self._path(name)
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        for name in ("run.json", "plan.json", "preview.png"):
+            path = self._path(name)
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
     def tmp_files(self) -> list[str]:
         """Paths of temporary files (``_tmp-*``, ``.tmp-*``) left in OUT by interrupted writers."""
         out = []
@@ -535,7 +581,10 @@ class MaskStore:
 
 
 def _lock_is_stale(holder: dict[str, Any]) -> bool:
-    """True if the lock was taken by a process of this host that no longer exists."""
+    """True if the lease was not renewed for LOCK_TTL_S, or its holder was a process of this host now gone."""
+    beat = holder.get("heartbeat_at")
+    if isinstance(beat, (int, float)) and time.time() - beat > LOCK_TTL_S:
+        return True
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return False
     try:

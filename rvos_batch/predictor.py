@@ -85,7 +85,8 @@ def preprocess(rgb: np.ndarray, input_size: tuple[int, int] | RVOSConfig) -> Ten
         desc = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise ValueError(f"preprocess: expected RGB uint8 (H, W, 3), got {desc}")
     size = input_size.input_size if isinstance(input_size, RVOSConfig) else (int(input_size[0]), int(input_size[1]))
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # (3, H0, W0)
+    rgb = np.ascontiguousarray(rgb) if rgb.flags.writeable else np.array(rgb)  # torch needs a writable array
+    x = torch.from_numpy(rgb).permute(2, 0, 1)  # (3, H0, W0)
     if tuple(x.shape[1:]) == size:
         return x.contiguous()
     x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -1,0 +1,84 @@
+"""The labeling job's frozen configuration and the fingerprint of everything that changes its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rvos_batch.errors import RvosBatchError
+
+MODES = ("zero-shot", "one-shot")
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Everything a labeling run needs. Paths are local paths or s3:// URLs.
+
+    Fields in ``OUTPUT_FIELDS`` change what is written; a rerun into the same OUT must agree on them.
+    """
+
+    corpus: str
+    out: str
+    mode: str = "zero-shot"
+    prompts: str | None = None  # one-shot masks; default CORPUS/prompts
+    model: str = "default"  # a shipped model name or a checkpoint path
+    videos_per_shard: int = 16
+    num_actors: int | None = None  # default: one per GPU, else 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    batch_videos: int = 4  # videos stepped together through the model, each with its own state
+    decode_threads: int = 2
+    prefetch_frames: int = 4
+    threshold: float = 0.5
+    min_area: int = 16
+    max_shard_attempts: int = 3
+    address: str | None = None
+    overwrite: bool = False
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    OUTPUT_FIELDS = ("mode", "prompts", "videos_per_shard", "threshold", "min_area")
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RvosBatchError(f"--mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("videos_per_shard", "batch_videos", "decode_threads", "max_shard_attempts"):
+            if getattr(self, name) < 1:
+                raise RvosBatchError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_actors is not None and self.num_actors < 1:
+            raise RvosBatchError(f"--num-actors must be >= 1, got {self.num_actors}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
+            raise RvosBatchError("--gpus-per-actor and --cpus-per-actor must be >= 0")
+        if not 0.0 < self.threshold < 1.0:
+            raise RvosBatchError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.prompts and self.mode != "one-shot":
+            raise RvosBatchError("--prompts is only used with --mode one-shot")
+
+    @property
+    def prompts_url(self) -> str | None:
+        if self.mode != "one-shot":
+            return None
+        from rvos_batch.storage import join
+
+        return self.prompts or join(self.corpus, "prompts")
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as recorded in run.json: storage options are never recorded (they may hold keys)."""
+        d = dataclasses.asdict(self)
+        d.pop("storage_options", None)
+        return d
+
+
+def output_fingerprint(config: LabelConfig, model_sha256: str, corpus_fingerprint: str) -> dict[str, Any]:
+    """What must match between runs writing into one OUT: output-affecting config, model, corpus."""
+    fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
+    fp["prompts"] = config.prompts_url
+    fp["model_sha256"] = model_sha256
+    fp["corpus_fingerprint"] = corpus_fingerprint
+    return fp
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()

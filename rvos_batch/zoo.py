@@ -1,0 +1,48 @@
+"""Shipped models: names that resolve to checkpoints inside the package, or a user's checkpoint path/URL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from rvos_batch.errors import CheckpointError
+
+MODELS_DIR = Path(__file__).parent / "assets" / "models"
+DEFAULT_MODEL = "rvos-mnv2-synth"
+SAMPLE_CORPUS = Path(__file__).parent / "assets" / "sample"
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Return a local checkpoint path for a shipped model name ("default" included), a path, or a URL.
+
+    A remote checkpoint (s3://...) is copied once into ``~/.cache/rvos_batch``, keyed by its URL.
+    """
+    if name_or_path in ("default", ""):
+        name_or_path = DEFAULT_MODEL
+    shipped = MODELS_DIR / f"{name_or_path}.pt"
+    if shipped.is_file():
+        return str(shipped)
+    if "://" in name_or_path and not name_or_path.startswith("file://"):
+        from rvos_batch.storage import get_fs
+
+        cache = Path(os.environ.get("RVOS_BATCH_CACHE", Path.home() / ".cache" / "rvos_batch"))
+        cache.mkdir(parents=True, exist_ok=True)
+        local = cache / (hashlib.sha256(name_or_path.encode()).hexdigest()[:16] + ".pt")
+        if not local.exists():
+            fs, path = get_fs(name_or_path)
+            tmp = local.with_suffix(".part")
+            fs.get_file(path, str(tmp))
+            tmp.replace(local)
+        return str(local)
+    path = Path(name_or_path.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"model {name_or_path!r} is neither a shipped model ({', '.join(available_models()) or 'none'}) "
+            "nor an existing checkpoint file"
+        )
+    return str(path)

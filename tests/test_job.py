@@ -1,0 +1,289 @@
+"""The labeling job with real Ray: shards, resume, exactly once, failures as data, S3, memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from jobkit import REPO, cli, frame_jpeg, make_corpus, tiny_model
+from rvos_batch.corpus import CorpusReader, CorpusWriter
+from rvos_batch.errors import MaskStoreError
+from rvos_batch.job.config import LabelConfig
+from rvos_batch.job.plan import plan_shards
+from rvos_batch.job.worker import ShardWorker
+from rvos_batch.maskstore import MaskStore, mask_table, write_mask_dataset
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """One local Ray for the in-process tests; started after the S3 environment so actors inherit it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def _keys(out: str, storage_options=None) -> list[tuple]:
+    t = MaskStore(out, storage_options).masks_dataset().to_table(columns=["video_id", "frame_index", "object_id"])
+    return list(zip(*(t.column(c).to_pylist() for c in t.column_names)))
+
+
+def assert_exactly_once(out: str, video_ids: list[str], storage_options=None) -> pa.Table:
+    store = MaskStore(out, storage_options)
+    keys = _keys(out, storage_options)
+    assert len(keys) == len(set(keys)), "a (video, frame, object) appears twice"
+    videos = store.videos_dataset().to_table().column("video_id").to_pylist()
+    assert sorted(videos) == sorted(video_ids), "every corpus video exactly once in videos/"
+    return store.masks_dataset().to_table().sort_by([("video_id", "ascending"), ("frame_index", "ascending"),
+                                                     ("object_id", "ascending")])
+
+
+def test_worker_failures_are_data(tmp_path, model_path):
+    """A truncated frame fails its video only; frames of mixed sizes get masks at their own size."""
+    corpus = str(tmp_path / "corpus")
+    good = [frame_jpeg(t) for t in range(4)]
+    with CorpusWriter(corpus, videos_per_file=8) as w:
+        w.add_video("good", ((t, b, 90, 60, None) for t, b in enumerate(good)))
+        broken = list(good)
+        broken[2] = broken[2][: len(broken[2]) // 2]  # truncated JPEG
+        w.add_video("truncated", ((t, b, None, None, None) for t, b in enumerate(broken)))
+        mixed = [frame_jpeg(0), frame_jpeg(1, size=(80, 120)), frame_jpeg(2, size=(45, 70))]
+        w.add_video("mixed", ((t, b, None, None, None) for t, b in enumerate(mixed)))
+    cfg = LabelConfig(corpus=corpus, out=str(tmp_path / "out"), model=model_path, batch_videos=2, min_area=1)
+    worker = ShardWorker(cfg)
+    [shard] = plan_shards(CorpusReader(corpus).list_videos(), 16)
+    result = worker.process_shard(shard)
+    assert (result.videos_ok, result.videos_failed) == (2, 1)
+    [(vid, error)] = result.failed
+    assert vid == "truncated" and "frame 2" in error
+    store = MaskStore(cfg.out)
+    videos = {r["video_id"]: r for r in store.videos_dataset().to_table().to_pylist()}
+    assert videos["truncated"]["status"] == "failed" and "frame 2" in videos["truncated"]["error"]
+    assert videos["good"]["status"] == "ok" and videos["good"]["num_frames"] == 4
+    masks = store.masks_dataset().to_table()
+    assert "truncated" not in set(masks.column("video_id").to_pylist())
+    mixed_rows = masks.filter(pc.equal(masks["video_id"], "mixed")).to_pylist()
+    sizes = {r["frame_index"]: (r["height"], r["width"]) for r in mixed_rows}
+    assert sizes.get(1, (80, 120)) == (80, 120) and sizes.get(2, (45, 70)) == (45, 70)
+    assert mixed_rows, "the untrained test model still emits masks at threshold 0.5"
+
+
+def test_label_sharded_resume_and_refusal(tmp_path, model_path, ray_local):
+    from rvos_batch.job.driver import run_job
+
+    corpus = str(tmp_path / "corpus")
+    ids = make_corpus(corpus, [5, 3, 7, 4, 6, 2, 5], videos_per_file=3)
+    out = str(tmp_path / "out")
+    cfg = LabelConfig(corpus=corpus, out=out, model=model_path, videos_per_shard=2, num_actors=2, batch_videos=2)
+    summary = run_job(cfg, progress=False)
+    assert summary.ok and summary.shards_total == 4 and summary.shards_done == 4
+    assert summary.frames == 32 and summary.videos_ok == 7
+    first = assert_exactly_once(out, ids)
+    # a rerun has nothing to do and changes nothing
+    again = run_job(cfg, progress=False)
+    assert again.shards_skipped == 4 and again.shards_done == 0
+    assert assert_exactly_once(out, ids).equals(first)
+    # another configuration into the same OUT is refused, naming what differs
+    with pytest.raises(MaskStoreError, match="threshold"):
+        run_job(dataclasses.replace(cfg, threshold=0.7), progress=False)
+    # ... unless --overwrite
+    redone = run_job(dataclasses.replace(cfg, threshold=0.7, overwrite=True), progress=False)
+    assert redone.shards_done == 4
+    run = json.loads(Path(out, "run.json").read_text())
+    assert run["config"]["threshold"] == 0.7 and run["model"]["sha256"]
+    assert len(run["runs"]) == 1  # overwrite starts the history again
+
+
+def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
+    from rvos_batch.job.driver import run_job
+
+    corpus = str(tmp_path / "corpus")
+    ids = make_corpus(corpus, [4, 5])
+    mask = np.zeros((60, 90), bool)
+    mask[10:30, 20:40] = True
+    prompts = [mask_table(vid, 0, [1, 2], np.stack([mask, ~mask])) for vid in ids]
+    prompts.append(mask_table("ghost", 0, [1], mask[None]))  # a video that is not in the corpus
+    write_mask_dataset(str(tmp_path / "corpus" / "prompts"), pa.concat_tables(prompts))
+    model = tiny_model(tmp_path / "oneshot.pt", mode="one-shot")
+    cfg = LabelConfig(corpus=corpus, out=str(tmp_path / "out"), mode="one-shot", model=model, min_area=1)
+    summary = run_job(cfg, progress=False)
+    assert summary.ok and summary.videos_ok == 2
+    run = json.loads(Path(cfg.out, "run.json").read_text())
+    assert run["prompts_without_frames"] == ["ghost"]
+    masks = assert_exactly_once(cfg.out, ids)
+    assert set(masks.column("object_id").to_pylist()) <= {1, 2}
+
+
+@pytest.mark.s3
+def test_corpus_and_output_on_s3(s3_bucket, model_path, ray_local):
+    from rvos_batch.job.driver import run_job
+
+    corpus, out = f"{s3_bucket}/corpus", f"{s3_bucket}/out"
+    ids = make_corpus(corpus, [4, 3, 5], videos_per_file=2)
+    cfg = LabelConfig(corpus=corpus, out=out, model=model_path, videos_per_shard=2, num_actors=1)
+    summary = run_job(cfg, progress=False)
+    assert summary.ok and summary.frames == 12
+    assert_exactly_once(out, ids)
+    from rvos_batch import query
+
+    assert query.video_masks(out, ids[0]).num_rows > 0
+
+
+def _wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _markers(out: str) -> int:
+    d = Path(out, "_commits")
+    return len(list(d.glob("shard-*.json"))) if d.is_dir() else 0
+
+
+def _label_proc(corpus: str, out: str, model: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "rvos_batch", "label", corpus, out, "--model", model, "--videos-per-shard", "1",
+         "--num-actors", "1", "--no-preview", "--no-progress", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, model_path):
+    """A corpus of 5 one-video shards and its uninterrupted output, to compare interrupted runs against."""
+    root = tmp_path_factory.mktemp("ref")
+    corpus = str(root / "corpus")
+    ids = make_corpus(corpus, [30, 30, 30, 30, 30], videos_per_file=2)
+    out = str(root / "out")
+    r = cli("label", corpus, out, "--model", model_path, "--videos-per-shard", "1", "--num-actors", "1",
+            "--no-preview", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return corpus, ids, assert_exactly_once(out, ids)
+
+
+def test_driver_killed_mid_run_then_rerun(tmp_path, model_path, reference_run):
+    corpus, ids, reference = reference_run
+    out = str(tmp_path / "out")
+    proc = _label_proc(corpus, out, model_path)
+    _wait_for(lambda: _markers(out) >= 1, 300, "the first commit", proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a machine restart would
+    proc.wait()
+    assert _markers(out) < 5, "killed before the end"
+    r = cli("label", corpus, out, "--model", model_path, "--videos-per-shard", "1", "--num-actors", "1",
+            "--no-preview", "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "already done" in r.stdout
+    assert assert_exactly_once(out, ids).equals(reference)
+
+
+def _actor_pids() -> list[int]:
+    r = subprocess.run(["pgrep", "-f", "ray::LabelActor"], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split()]
+
+
+def test_actor_killed_mid_shard(tmp_path, model_path, reference_run):
+    corpus, ids, reference = reference_run
+    out = str(tmp_path / "out")
+    proc = _label_proc(corpus, out, model_path)
+    try:
+        _wait_for(lambda: _markers(out) >= 1 and _actor_pids(), 300, "a committed shard and a live actor", proc)
+        for pid in _actor_pids():
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert assert_exactly_once(out, ids).equals(reference)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_to_a_started_cluster(tmp_path, model_path):
+    """`ray start --head`, then the job sent with `ray job submit`, as users run it."""
+    bindir = Path(sys.executable).parent
+    ray_bin = str(bindir / "ray")
+    corpus = str(tmp_path / "corpus")
+    ids = make_corpus(corpus, [4, 5, 3, 6], videos_per_file=2)
+    out = str(tmp_path / "out")
+    port, dash = _free_port(), _free_port()
+    # token authentication on, for the cluster and the client alike (the token lives in ~/.ray/auth_token)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
+    import tempfile
+
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # unix socket paths must stay under 107 bytes
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                            f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    try:
+        r = subprocess.run(
+            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--", sys.executable,
+             str(REPO / "jobs" / "label_corpus.py"), corpus, out, "--model", model_path,
+             "--videos-per-shard", "2", "--num-actors", "2", "--no-preview"],
+            capture_output=True, text=True, env=env, timeout=400, cwd=str(tmp_path),
+        )
+        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+        assert "succeeded" in (r.stdout + r.stderr)
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert_exactly_once(out, ids)
+
+
+MEMORY_PROBE = r"""
+import resource, sys
+from rvos_batch.job.config import LabelConfig
+from rvos_batch.job.plan import plan_shards
+from rvos_batch.job.worker import ShardWorker
+from rvos_batch.corpus import CorpusReader
+corpus, out, model = sys.argv[1:4]
+cfg = LabelConfig(corpus=corpus, out=out, model=model, batch_videos=1)
+[shard] = plan_shards(CorpusReader(corpus).list_videos(), 16)
+ShardWorker(cfg).process_shard(shard)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def test_actor_memory_is_flat_in_video_length(tmp_path, model_path):
+    """Peak memory for a 2,000-frame video within 1.3x that of a 100-frame video (frames 240x427)."""
+    peaks = {}
+    for n in (100, 2000):
+        corpus = str(tmp_path / f"c{n}")
+        frame = frame_jpeg(0, size=(240, 427))
+        with CorpusWriter(corpus, videos_per_file=1) as w:
+            w.add_video("long", ((t, frame, 427, 240, None) for t in range(n)))
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, corpus, str(tmp_path / f"o{n}"), model_path],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        peaks[n] = int(r.stdout.split()[-1])
+    assert peaks[2000] <= 1.3 * peaks[100], peaks
