@@ -1,0 +1,62 @@
+"""Train RVOS on a DAVIS or YouTube-VOS layout folder (soft IoU, clip BPTT, Hungarian matching, ST+ stages).
+
+Writes OUT/best.pt (best validation soft IoU), OUT/last.pt (resumable) and OUT/log.csv. Rerunning the same
+command resumes an interrupted training. One-shot ST+: train --stage 1, then --stage 2 --init OUT1/best.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rvos_batch.model.config import BACKBONES, RECURRENCES
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x448, got {text!r}") from None
+    return h, w
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA", help="a DAVIS-2017 or YouTube-VOS split folder")
+    p.add_argument("out", metavar="OUT", help="folder for checkpoints and log.csv")
+    p.add_argument("--mode", choices=("zero-shot", "one-shot"), default="zero-shot")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=1,
+                   help="one-shot: 1 feeds ground-truth previous masks, 2 the model's own (ST+)")
+    p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2")
+    p.add_argument("--backbone-weights", default="auto", metavar="PATH",
+                   help="torchvision ImageNet checkpoint for the backbone ('auto': the offline mobilenet_v2 "
+                        "checkpoint when installed; 'none': from scratch)")
+    p.add_argument("--init", default=None, metavar="CKPT", help="start from an rvos checkpoint (stage 2)")
+    p.add_argument("--recurrence", choices=RECURRENCES, default="ST")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--slots", type=int, default=10, help="object slots")
+    p.add_argument("--input-size", type=_size, default=(256, 448), metavar="HxW")
+    p.add_argument("--clip-len", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--iters", type=int, default=10_000)
+    p.add_argument("--lr", type=float, default=1e-3, help="decoder and projections")
+    p.add_argument("--lr-encoder", type=float, default=1e-6, help="backbone")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rvos_batch.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=args.data, out=args.out, mode=args.mode, stage=args.stage, backbone=args.backbone,
+        backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
+        recurrence=args.recurrence, hidden=args.hidden, num_slots=args.slots, input_size=args.input_size,
+        clip_len=args.clip_len, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
+        lr_encoder=args.lr_encoder, val_every=args.val_every, val_split=args.val_split,
+        train_split=args.train_split, seed=args.seed, threads=args.threads,
+    )
+    print(json.dumps(train(cfg)))
+    return 0

@@ -1,0 +1,296 @@
+"""Training RVOS as the paper does: soft IoU loss, clip BPTT, Hungarian matching (zero-shot), ST+ stages (one-shot).
+
+``train(TrainConfig)`` reads a DAVIS or YouTube-VOS folder, trains with Adam (one learning rate for the decoder
+and projections, a much smaller one for the backbone), validates every ``val_every`` steps and keeps
+``OUT/best.pt`` (best validation soft IoU), ``OUT/last.pt`` (resumable: model, optimiser, step) and
+``OUT/log.csv`` (one row per logged step: a person can plot it). Rerunning into the same OUT resumes.
+
+Deliberate choice: zero-shot matching uses the soft IoU over the whole clip rather than the first frame only,
+so an object entering mid-clip is matched to a slot too (the paper matches on the first frame).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from rvos_batch.errors import RvosBatchError
+from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
+from rvos_batch.model.config import RVOSConfig
+from rvos_batch.model.encoder import load_backbone_weights, mobilenet_v2_weights_path
+from rvos_batch.model.rvos import RVOS
+from rvos_batch.vosdata import ClipDataset, VOSVideo, list_videos, load_video
+
+log = logging.getLogger(__name__)
+MOBILENET_V2_SHA256_PREFIX = "b0353104"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    mode: str = "zero-shot"
+    stage: int = 1  # one-shot: 1 feeds the ground-truth previous mask, 2 the model's own prediction
+    backbone: str = "mobilenet_v2"
+    backbone_weights: str | None = "auto"  # a torchvision ImageNet checkpoint; "auto": the offline mobilenet_v2
+    init: str | None = None  # start from this rvos checkpoint (stage 2 starts from stage 1)
+    recurrence: str = "ST"
+    hidden: int = 128
+    num_slots: int = 10
+    input_size: tuple[int, int] = (256, 448)
+    clip_len: int = 5
+    batch_size: int = 4
+    iters: int = 10_000
+    lr: float = 1e-3
+    lr_encoder: float = 1e-6
+    weight_decay: float = 1e-6
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    val_every: int = 500
+    val_frames: int = 30  # frames per validation video
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("zero-shot", "one-shot"):
+            raise RvosBatchError(f"--mode must be zero-shot or one-shot, got {self.mode!r}")
+        if self.stage not in (1, 2):
+            raise RvosBatchError(f"--stage must be 1 or 2, got {self.stage}")
+        if self.stage == 2 and self.mode != "one-shot":
+            raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
+
+
+def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """1 - soft IoU per mask over the last two dims; ``weight`` (0 on void pixels) broadcasts."""
+    p = torch.sigmoid(logits)
+    inter = (p * target * weight).sum((-2, -1))
+    union = ((p + target - p * target) * weight).sum((-2, -1))
+    return 1.0 - inter / (union + eps)
+
+
+def match_slots(logits: Tensor, masks: Tensor, weight: Tensor, present: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Zero-shot: per clip, the slot -> object assignment minimising the clip's summed soft IoU loss.
+
+    logits (B, T, S, H, W), masks (B, T, K, H, W), weight (B, T, 1, H, W), present (B, T, K).
+    Returns per clip (slot indices, object indices).
+    """
+    with torch.no_grad():
+        p = torch.sigmoid(logits).float()
+        y = masks.float()
+        w = weight.float()
+        # (B, T, S, K): soft IoU of every slot against every object
+        inter = torch.einsum("btshw,btkhw->btsk", p * w, y)
+        union = (p * w).sum((-2, -1))[..., :, None] + (y * w).sum((-2, -1))[..., None, :] - inter
+        cost = (1 - inter / (union + 1e-6)).sum(1)  # (B, S, K)
+    out = []
+    for b in range(cost.shape[0]):
+        objects = torch.nonzero(present[b].any(0)).flatten().cpu().numpy()
+        if len(objects) == 0:
+            out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+            continue
+        rows, cols = linear_sum_assignment(cost[b][:, objects].cpu().numpy())
+        out.append((rows, objects[cols]))
+    return out
+
+
+def one_shot_inputs(masks: Tensor, present: Tensor, stage: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Given masks and validity for RVOS.forward, and which (clip, frame, object) count in the loss.
+
+    masks (B, T, K, H, W), present (B, T, K). Stage 1: every frame gets the previous frame's ground truth (its
+    own on the object's first frame). Stage 2: only an object's first frame gets its ground truth; after that the
+    model's own output is fed back. The loss counts frames from each object's first appearance on.
+    """
+    b, t, k = present.shape
+    appeared = present.cumsum(1) > 0  # (B, T, K)
+    first = appeared & ~torch.cat([torch.zeros_like(appeared[:, :1]), appeared[:, :-1]], 1)  # first appearance
+    if stage == 1:
+        prev = torch.cat([masks[:, :1], masks[:, :-1]], 1)  # (B, T, K, H, W): previous frame's ground truth
+        given = torch.where(first[..., None, None], masks, prev)
+        valid = appeared
+    else:
+        given = masks * first[..., None, None]
+        valid = first
+    return given, valid, appeared
+
+
+def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor:
+    images, masks, present = batch["images"], batch["masks"], batch["present"]
+    weight = (~batch["void"]).float()[:, :, None]  # (B, T, 1, H, W)
+    if cfg.mode == "one-shot":
+        k_used = int(present.any(1).any(0).nonzero().max().item()) + 1 if present.any() else 1
+        masks, present = masks[:, :, :k_used], present[:, :, :k_used]
+        given, valid, counted = one_shot_inputs(masks, present, cfg.stage)
+        logits, _ = model(images, given_masks=given, given_valid=valid)  # (B, T, K, H, W)
+        per = soft_iou_loss(logits, masks, weight)  # (B, T, K)
+        pairs = counted.any(1)  # (B, K): objects of each clip
+        frames_loss = (per * counted).sum(1)  # summed over frames
+        return frames_loss[pairs].mean() if pairs.any() else per.sum() * 0
+    logits, _ = model(images)  # (B, T, S, H, W)
+    assignment = match_slots(logits, masks, weight, present)
+    losses = []
+    for b, (slots, objects) in enumerate(assignment):
+        if len(slots) == 0:
+            continue
+        s = torch.as_tensor(slots, device=logits.device)
+        o = torch.as_tensor(objects, device=logits.device)
+        per = soft_iou_loss(logits[b][:, s], masks[b][:, o], weight[b])  # (T, n)
+        losses.append(per.sum(0))
+    return torch.cat(losses).mean() if losses else logits.sum() * 0
+
+
+@torch.no_grad()
+def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torch.device) -> float:
+    """Mean soft IoU on whole validation videos, inferred as at labeling time (own masks fed back)."""
+    model.eval()
+    scores = []
+    for video in videos:
+        images, labels = load_video(video, cfg.input_size)
+        images, labels = images[: cfg.val_frames], labels[: cfg.val_frames]
+        ids = [int(i) for i in np.unique(labels) if i not in (0, 255)][: cfg.num_slots]
+        if not ids:
+            continue
+        img = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)[None].to(device)  # (1, T, 3, H, W)
+        lab = torch.from_numpy(labels.astype(np.int64)).to(device)
+        masks = torch.stack([(lab == i).float() for i in ids], 1)[None]  # (1, T, K, H, W)
+        present = masks.flatten(3).amax(-1) > 0
+        weight = (lab != 255).float()[None, :, None]
+        if cfg.mode == "one-shot":
+            given, valid, counted = one_shot_inputs(masks, present, stage=2)
+            logits, _ = model(img, given_masks=given, given_valid=valid)
+            per = 1 - soft_iou_loss(logits, masks, weight)
+            scores.append(float((per * counted).sum() / counted.sum().clamp(min=1)))
+        else:
+            logits, _ = model(img)
+            slots, objects = match_slots(logits, masks, weight, present)[0]
+            per = 1 - soft_iou_loss(logits[0][:, slots], masks[0][:, objects], weight[0])
+            scores.append(float(per.mean()))
+    model.train()
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
+    if cfg.init:
+        model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
+        if init_cfg.mode != cfg.mode:
+            raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
+        return model.to(device)
+    mcfg = RVOSConfig(backbone=cfg.backbone, hidden=cfg.hidden, num_slots=cfg.num_slots, mode=cfg.mode,
+                      recurrence=cfg.recurrence, input_size=cfg.input_size)
+    model = RVOS(mcfg)
+    weights = cfg.backbone_weights
+    if weights == "auto":
+        found = mobilenet_v2_weights_path() if cfg.backbone == "mobilenet_v2" else None
+        if found is None:
+            log.warning("no ImageNet weights for %s here: the backbone trains from scratch", cfg.backbone)
+        else:
+            load_backbone_weights(model.encoder, found, sha256_prefix=MOBILENET_V2_SHA256_PREFIX)
+    elif weights:
+        load_backbone_weights(model.encoder, weights)
+    return model.to(device)
+
+
+def _param_groups(model: RVOS, cfg: TrainConfig) -> list[dict]:
+    backbone = [p for n, p in model.named_parameters() if n.startswith(("encoder.stem", "encoder.stages"))]
+    ids = {id(p) for p in backbone}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr_encoder}]
+
+
+def _split(cfg: TrainConfig) -> tuple[list[VOSVideo], list[VOSVideo]]:
+    root = Path(cfg.data)
+    has_sets = (root / "ImageSets" / "2017").is_dir()
+    train = list_videos(root, cfg.train_split if has_sets and cfg.train_split else None)
+    if has_sets and cfg.val_split and (root / "ImageSets" / "2017" / f"{cfg.val_split}.txt").is_file():
+        val = list_videos(root, cfg.val_split)
+    else:  # hold out every 8th video
+        val = train[::8]
+        train = [v for i, v in enumerate(train) if i % 8] or train
+    return train, val[:8]
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train (or resume) into ``cfg.out``; returns the final metrics."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_videos, val_videos = _split(cfg)
+    last = out / "last.pt"
+    start, best = 0, -1.0
+    if last.exists():  # resume an interrupted training
+        model, _, extra = load_checkpoint(last, map_location=device)
+        if extra.get("train_config", {}).get("mode") != cfg.mode:
+            raise RvosBatchError(f"{last} is a {extra.get('train_config', {}).get('mode')} run; use another OUT")
+        model.train()
+        opt = torch.optim.Adam(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+        opt.load_state_dict(extra["optimizer"])
+        start, best = int(extra["step"]), float(extra["best"])
+        log.info("resuming %s at step %d (best val %.4f)", out, start, best)
+    else:
+        model = build_model(cfg, device)
+        model.train()
+        opt = torch.optim.Adam(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    data = ClipDataset(train_videos, cfg.input_size, cfg.clip_len, cfg.num_slots, augment=True,
+                       length=cfg.iters * cfg.batch_size, seed=cfg.seed)
+    log_path = out / "log.csv"
+    new_log = not log_path.exists()
+    t0 = time.perf_counter()
+    val = float("nan")
+    with open(log_path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new_log:
+            writer.writerow(["step", "loss", "val_soft_iou", "seconds"])
+        bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"train {cfg.mode}",
+                   disable=not progress, dynamic_ncols=True)
+        running = None
+        for step in bar:
+            items = [data[step * cfg.batch_size + i] for i in range(cfg.batch_size)]
+            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+            loss = clip_loss(model, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RvosBatchError(f"loss became {value} at step {step}; lower --lr")
+            running = value if running is None else 0.9 * running + 0.1 * value
+            bar.set_postfix(loss=f"{running:.4f}", val=f"{val:.3f}")
+            done = step + 1
+            is_val = done % cfg.val_every == 0 or done == cfg.iters
+            if done % cfg.log_every == 0 or is_val:
+                if is_val:
+                    val = validate(model, val_videos, cfg, device)
+                    if val > best:
+                        best = val
+                        save_checkpoint(out / "best.pt", model, model.config,
+                                        {"step": done, "val_soft_iou": val, "train_config": _plain(cfg)})
+                    save_checkpoint(last, model, model.config, {
+                        "step": done, "best": best, "optimizer": opt.state_dict(), "train_config": _plain(cfg)})
+                writer.writerow([done, f"{running:.5f}", f"{val:.5f}" if is_val else "",
+                                 f"{time.perf_counter() - t0:.1f}"])
+                f.flush()
+    return {"step": cfg.iters, "best_val_soft_iou": best, "seconds": time.perf_counter() - t0}
+
+
+def _plain(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    d["input_size"] = list(cfg.input_size)
+    return d

@@ -1,0 +1,141 @@
+"""Training: a few steps of each mode on a tiny DAVIS-layout folder; checkpoints, log, resume, matching, losses."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rvos_batch.imaging import encode_palette_png
+from rvos_batch.model.checkpoint import load_checkpoint
+from rvos_batch.train import TrainConfig, match_slots, one_shot_inputs, soft_iou_loss, train
+
+
+def _make_davis(root, videos=3, frames=6, size=(48, 80)):
+    h, w = size
+    rng = np.random.default_rng(0)
+    names = []
+    for v in range(videos):
+        name = f"vid{v}"
+        names.append(name)
+        (root / "JPEGImages/480p" / name).mkdir(parents=True)
+        (root / "Annotations/480p" / name).mkdir(parents=True)
+        for t in range(frames):
+            ids = np.zeros((h, w), np.uint8)
+            ids[5 + t : 20 + t, 10 + 2 * t : 30 + 2 * t] = 1
+            if t >= 2:  # a second object enters at frame 2
+                ids[25:40, 50 - t : 70 - t] = 2
+            rgb = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+            rgb[ids == 1] = (200, 40, 40)
+            rgb[ids == 2] = (40, 200, 40)
+            Image.fromarray(rgb).save(root / "JPEGImages/480p" / name / f"{t:05d}.jpg")
+            (root / "Annotations/480p" / name / f"{t:05d}.png").write_bytes(encode_palette_png(ids))
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/train.txt").write_text("\n".join(names[:-1]) + "\n")
+    (root / "ImageSets/2017/val.txt").write_text(names[-1] + "\n")
+    return root
+
+
+def _cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), backbone="mobilenet_v2", backbone_weights=None, hidden=16, num_slots=3,
+                input_size=(48, 80), clip_len=3, batch_size=2, iters=4, val_every=2, log_every=1, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("mode,stage", [("zero-shot", 1), ("one-shot", 1), ("one-shot", 2)])
+def test_train_writes_checkpoints_and_log(tmp_path, mode, stage):
+    data = _make_davis(tmp_path / "davis")
+    init = None
+    if stage == 2:
+        train(_cfg(data, tmp_path / "s1", mode="one-shot", iters=2), progress=False)
+        init = str(tmp_path / "s1" / "best.pt")
+    out = tmp_path / "run"
+    metrics = train(_cfg(data, out, mode=mode, stage=stage, init=init), progress=False)
+    assert np.isfinite(metrics["best_val_soft_iou"])
+    model, config, extra = load_checkpoint(out / "best.pt")
+    assert config.mode == mode and extra["step"] in (2, 4)
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert rows[1]["val_soft_iou"] != ""
+
+
+def test_resume_continues_from_last_step(tmp_path):
+    data = _make_davis(tmp_path / "davis")
+    out = tmp_path / "run"
+    train(_cfg(data, out, iters=2), progress=False)
+    _, _, extra = load_checkpoint(out / "last.pt")
+    assert extra["step"] == 2
+    train(_cfg(data, out, iters=4), progress=False)  # "interrupted" at 2, rerun to 4
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # no step trained twice
+    _, _, extra = load_checkpoint(out / "last.pt")
+    assert extra["step"] == 4
+
+
+@pytest.mark.parametrize("mode", ["zero-shot", "one-shot"])
+def test_clip_loss_overfits_a_fixed_batch(tmp_path, mode):
+    from rvos_batch.train import _param_groups, build_model, clip_loss
+    from rvos_batch.vosdata import ClipDataset, list_videos
+
+    torch.manual_seed(0)
+    data = _make_davis(tmp_path / "davis")
+    cfg = _cfg(data, tmp_path / "run", mode=mode, lr=1e-2)
+    ds = ClipDataset(list_videos(data), cfg.input_size, cfg.clip_len, cfg.num_slots, augment=False, length=2)
+    batch = {k: torch.stack([ds[i][k] for i in range(2)]) for k in ds[0]}
+    model = build_model(cfg, torch.device("cpu")).train()
+    opt = torch.optim.Adam(_param_groups(model, cfg))
+    losses = []
+    for _ in range(25):
+        loss = clip_loss(model, batch, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_soft_iou_loss_values():
+    logits = torch.full((1, 4, 4), 20.0)
+    target = torch.ones(1, 4, 4)
+    assert float(soft_iou_loss(logits, target, torch.ones(1, 4, 4))) < 1e-3
+    assert float(soft_iou_loss(-logits, target, torch.ones(1, 4, 4))) > 0.99
+    # void pixels do not count
+    weight = torch.zeros(1, 4, 4)
+    weight[:, :2] = 1
+    target2 = target.clone()
+    target2[:, 2:] = 0
+    assert float(soft_iou_loss(logits, target2, weight)) < 1e-3
+
+
+def test_match_slots_finds_the_permutation():
+    b, t, k, h, w = 1, 2, 3, 8, 8
+    masks = torch.zeros(b, t, k, h, w)
+    masks[:, :, 0, :4, :4] = 1
+    masks[:, :, 1, 4:, 4:] = 1
+    masks[:, :, 2, :4, 4:] = 1
+    perm = [2, 0, 1]  # slot s predicts object perm[s]
+    logits = torch.full((b, t, 4, h, w), -10.0)
+    for s, o in enumerate(perm):
+        logits[:, :, s] = masks[:, :, o] * 20 - 10
+    present = masks.flatten(3).amax(-1) > 0
+    slots, objects = match_slots(logits, masks, torch.ones(b, t, 1, h, w), present)[0]
+    assert dict(zip(slots.tolist(), objects.tolist())) == {0: 2, 1: 0, 2: 1}
+
+
+def test_one_shot_inputs_stages():
+    masks = torch.zeros(1, 3, 2, 2, 2)
+    masks[0, :, 0] = 1  # object 0 present from frame 0
+    masks[0, 1:, 1] = 1  # object 1 appears at frame 1
+    masks[0, 1, 0, 0, 0] = 0  # frame 1 differs from frame 0 for object 0
+    present = masks.flatten(3).amax(-1) > 0
+    given, valid, counted = one_shot_inputs(masks, present, stage=1)
+    assert torch.equal(given[0, 1, 0], masks[0, 0, 0])  # previous frame's truth
+    assert torch.equal(given[0, 1, 1], masks[0, 1, 1])  # first appearance: its own truth
+    assert valid[0].tolist() == [[True, False], [True, True], [True, True]]
+    given, valid, counted = one_shot_inputs(masks, present, stage=2)
+    assert valid[0].tolist() == [[True, False], [False, True], [False, False]]
+    assert counted[0].tolist() == [[True, False], [True, True], [True, True]]
