@@ -186,8 +186,8 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
         return model.to(device)
-    mcfg = RVOSConfig(backbone=cfg.backbone, hidden=cfg.hidden, num_slots=cfg.num_slots, mode=cfg.mode,
-                      recurrence=cfg.recurrence, input_size=cfg.input_size)
+    mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,
+                                 "mode": cfg.mode, "recurrence": cfg.recurrence, "input_size": cfg.input_size})
     model = RVOS(mcfg)
     weights = cfg.backbone_weights
     if weights == "auto":

@@ -1,6 +1,7 @@
 """Training and evaluation videos from the layouts users have: DAVIS-2017 and YouTube-VOS folders.
 
-DAVIS: ``ROOT/JPEGImages/480p/<video>/*.jpg``, ``ROOT/Annotations/480p/<video>/*.png``, ``ROOT/ImageSets/2017/<split>.txt``.
+DAVIS: ``ROOT/JPEGImages/480p/<video>/*.jpg``, ``ROOT/Annotations/480p/<video>/*.png``,
+``ROOT/ImageSets/2017/<split>.txt``.
 YouTube-VOS: ``ROOT/JPEGImages/<video>/*.jpg``, ``ROOT/Annotations/<video>/*.png`` (every 5th frame annotated),
 ``ROOT/meta.json``; ROOT is the split folder (``train/``, ``valid/``). Only annotated frames are used for training.
 
@@ -85,13 +86,13 @@ def load_video(video: VOSVideo, size: tuple[int, int], annotated_only: bool = Tr
     """Frames (T, H, W, 3) uint8 and id maps (T, H, W) uint8 resized to ``size`` (bilinear / nearest)."""
     h, w = size
     images, labels = [], []
-    for frame, anno in zip(video.frames, video.annotations):
+    for frame, anno in zip(video.frames, video.annotations, strict=True):
         if anno is None and annotated_only:
             continue
         with Image.open(frame) as im:
-            images.append(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR)))
+            images.append(np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)))
         ids = read_palette_png(anno) if anno is not None else np.zeros((h, w), np.uint8)
-        labels.append(np.asarray(Image.fromarray(ids).resize((w, h), Image.NEAREST)))
+        labels.append(np.asarray(Image.fromarray(ids).resize((w, h), Image.Resampling.NEAREST)))
     return np.stack(images), np.stack(labels)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from rvos_batch.errors import CheckpointError
 
 MODELS_DIR = Path(__file__).parent / "assets" / "models"
-DEFAULT_MODEL = "rvos-mnv2-synth"
+DEFAULT_MODELS = {"zero-shot": "rvos-mnv2-synth-zs", "one-shot": "rvos-mnv2-synth-os"}
 SAMPLE_CORPUS = Path(__file__).parent / "assets" / "sample"
 
 
@@ -17,13 +17,14 @@ def available_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
 
 
-def resolve_model(name_or_path: str) -> str:
-    """Return a local checkpoint path for a shipped model name ("default" included), a path, or a URL.
+def resolve_model(name_or_path: str, mode: str = "zero-shot") -> str:
+    """Return a local checkpoint path for a shipped model name, a path, or a URL.
 
+    "default" (or "") names the shipped model for ``mode``: one model per mode, as in the paper.
     A remote checkpoint (s3://...) is copied once into ``~/.cache/rvos_batch``, keyed by its URL.
     """
     if name_or_path in ("default", ""):
-        name_or_path = DEFAULT_MODEL
+        name_or_path = DEFAULT_MODELS[mode]
     shipped = MODELS_DIR / f"{name_or_path}.pt"
     if shipped.is_file():
         return str(shipped)
@@ -39,10 +40,10 @@ def resolve_model(name_or_path: str) -> str:
             fs.get_file(path, str(tmp))
             tmp.replace(local)
         return str(local)
-    path = Path(name_or_path.removeprefix("file://")).expanduser()
-    if not path.is_file():
+    local_path = Path(name_or_path.removeprefix("file://")).expanduser()
+    if not local_path.is_file():
         raise CheckpointError(
             f"model {name_or_path!r} is neither a shipped model ({', '.join(available_models()) or 'none'}) "
             "nor an existing checkpoint file"
         )
-    return str(path)
+    return str(local_path)

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
 from jobkit import REPO, cli, frame_jpeg, make_corpus, tiny_model
+
 from rvos_batch.corpus import CorpusReader, CorpusWriter
 from rvos_batch.errors import MaskStoreError
 from rvos_batch.job.config import LabelConfig
@@ -43,7 +43,7 @@ def model_path(tmp_path_factory):
 
 def _keys(out: str, storage_options=None) -> list[tuple]:
     t = MaskStore(out, storage_options).masks_dataset().to_table(columns=["video_id", "frame_index", "object_id"])
-    return list(zip(*(t.column(c).to_pylist() for c in t.column_names)))
+    return list(zip(*(t.column(c).to_pylist() for c in t.column_names), strict=True))
 
 
 def assert_exactly_once(out: str, video_ids: list[str], storage_options=None) -> pa.Table:

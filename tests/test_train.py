@@ -123,7 +123,7 @@ def test_match_slots_finds_the_permutation():
         logits[:, :, s] = masks[:, :, o] * 20 - 10
     present = masks.flatten(3).amax(-1) > 0
     slots, objects = match_slots(logits, masks, torch.ones(b, t, 1, h, w), present)[0]
-    assert dict(zip(slots.tolist(), objects.tolist())) == {0: 2, 1: 0, 2: 1}
+    assert dict(zip(slots.tolist(), objects.tolist(), strict=True)) == {0: 2, 1: 0, 2: 1}
 
 
 def test_one_shot_inputs_stages():

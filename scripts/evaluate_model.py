@@ -1,0 +1,65 @@
+"""Score a model end to end on a DAVIS-layout folder: ingest -> label (the job's worker) -> export -> DAVIS eval.
+
+    .venv/bin/python scripts/evaluate_model.py HELDOUT --model default --mode one-shot --json
+
+Prints (or writes with --out) the DAVIS figures: semi-supervised protocol for one-shot, unsupervised for
+zero-shot. The labeling goes through the same ShardWorker the Ray actors run, in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rvos_batch.evaluate import evaluate
+from rvos_batch.export import export_davis
+from rvos_batch.ingest import IngestConfig, ingest
+from rvos_batch.job.config import LabelConfig
+from rvos_batch.job.worker import run_in_process
+
+
+def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4) -> dict:
+    corpus = work / "corpus"
+    if not (corpus / "frames").exists():
+        ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
+    out = work / f"out-{mode}"
+    cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos)
+    t0 = time.perf_counter()
+    results = run_in_process(cfg)
+    seconds = time.perf_counter() - t0
+    frames = sum(r.frames for r in results)
+    pngs = work / f"png-{mode}"
+    export_davis(str(out), pngs)
+    protocol = "semi-supervised" if mode == "one-shot" else "unsupervised"
+    gt = Path(data) / "Annotations" / "480p"
+    summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
+    summary.update({"mode": mode, "model": model, "frames": frames, "label_seconds": round(seconds, 2),
+                    "frames_per_second": round(frames / seconds, 2) if seconds else None})
+    return summary
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("data", help="DAVIS-layout folder with JPEGImages/480p and Annotations/480p")
+    p.add_argument("--model", default="default")
+    p.add_argument("--mode", choices=("zero-shot", "one-shot"), required=True)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    args = p.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="rvos-eval-"))
+    work.mkdir(parents=True, exist_ok=True)
+    s = score(args.data, args.model, args.mode, work)
+    if args.json:
+        print(json.dumps(s))
+    else:
+        for k in ("J&F-Mean", "J-Mean", "F-Mean", "J-Recall", "F-Recall", "frames_per_second"):
+            print(f"{k:>18}: {s.get(k)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
