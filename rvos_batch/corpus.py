@@ -2,7 +2,8 @@
 all-or-nothing writer, on local paths and ``s3://`` alike.
 
 Layout contract (checked by :meth:`CorpusReader.list_videos`): the rows of a video are contiguous, in strictly
-increasing ``frame_index`` order, and all in one file. Files whose names start with ``_`` or ``.`` (temporaries,
+increasing ``frame_index`` order (each in [0, 2**31 - 1], as masks store it), and all in one file; a null image
+is reported when the video is read. Files whose names start with ``_`` or ``.`` (temporaries,
 markers) are not part of the corpus.
 
 Commit protocol of :class:`CorpusWriter`: parts are written as ``frames/_tmp-<run>-part-NNNNN.parquet`` and
@@ -17,14 +18,16 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rvos_batch.errors import CorpusError
@@ -34,7 +37,26 @@ from rvos_batch.storage import get_fs, is_local, join
 log = logging.getLogger(__name__)
 
 FRAMES_DIR = "frames"
+MAX_FRAME_INDEX = 2**31 - 1  # frame_index is int32 in FRAME_SCHEMA and MASK_SCHEMA
 _ARROW_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError)
+# Object stores: a row group that cannot be read is read again (the file reopened) this many times, ~1 s and
+# ~2 s apart, beyond botocore's own retries, before the video is given up as unreadable.
+READ_ATTEMPTS = max(1, int(os.environ.get("RVOS_READ_ATTEMPTS", "3")))
+READ_BACKOFF_S = float(os.environ.get("RVOS_READ_BACKOFF_S", "1.0"))
+_T = TypeVar("_T")
+
+
+class CorpusReadError(CorpusError):
+    """Listing, opening or reading corpus data failed (retried on object stores before it is raised).
+
+    ``transient`` is True when the object store itself failed (a request error, not data Arrow could not
+    parse): the data may be fine, so a caller can fail and retry the whole unit of work instead of recording
+    the video as broken.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -109,25 +131,57 @@ class CorpusReader:
 
     def _list_files(self) -> list[str]:
         where = _url_of(self.fs, self.frames_path)
-        try:
-            self.fs.invalidate_cache(self.frames_path)
-            if not self.fs.isdir(self.frames_path):
-                raise CorpusError(f"{where}: no frames/ folder; a corpus is CORPUS/frames/*.parquet (see ingest)")
-            names = self.fs.ls(self.frames_path, detail=False)
-        except FileNotFoundError:
-            raise CorpusError(f"{where}: no frames/ folder; a corpus is CORPUS/frames/*.parquet") from None
+        names = self._with_retries(lambda: self._ls_frames(where))
         parts = sorted(p for p in names if _is_part_name(posixpath.basename(p.rstrip("/"))))
         if not parts:
             raise CorpusError(f"{where}: empty corpus, no *.parquet files")
         return [_url_of(self.fs, p) for p in parts]
 
+    def _ls_frames(self, where: str) -> list[str]:
+        try:
+            self.fs.invalidate_cache(self.frames_path)
+            if not self.fs.isdir(self.frames_path):
+                raise CorpusError(f"{where}: no frames/ folder; a corpus is CORPUS/frames/*.parquet (see ingest)")
+            return list(self.fs.ls(self.frames_path, detail=False))
+        except FileNotFoundError:
+            raise CorpusError(f"{where}: no frames/ folder; a corpus is CORPUS/frames/*.parquet") from None
+        except CorpusError:
+            raise
+        except Exception as e:  # storage unreachable, refused or misconfigured (a wrong endpoint, a bad option)
+            raise CorpusReadError(f"{where}: cannot list the corpus ({type(e).__name__}: {e})",
+                                  transient=not is_local(self.fs)) from None
+
+    def _with_retries(self, read: Callable[[], _T]) -> _T:
+        """``read()``; on an object store a CorpusReadError is retried READ_ATTEMPTS times, ~1, 2 s apart."""
+        attempt = 1
+        while True:
+            try:
+                return read()
+            except CorpusReadError as e:
+                if is_local(self.fs) or attempt >= READ_ATTEMPTS:
+                    raise
+                log.warning("%s; try %d of %d", e, attempt + 1, READ_ATTEMPTS)
+            time.sleep(READ_BACKOFF_S * 2 ** (attempt - 1))
+            attempt += 1
+
+    def _store_failed(self, e: BaseException) -> bool:
+        """An object-store request error rather than bytes Arrow could not parse."""
+        return not is_local(self.fs) and not isinstance(e, (pa.ArrowException, EOFError))
+
     def _open(self, file: str) -> tuple[Any, pq.ParquetFile]:
-        f = self.fs.open(file, "rb")
+        try:
+            f = self.fs.open(file, "rb")
+        except FileNotFoundError:
+            raise CorpusError(f"{file}: not found (the corpus changed since it was listed?)") from None
+        except Exception as e:
+            raise CorpusReadError(f"{file}: cannot open ({type(e).__name__}: {e})",
+                                  transient=not is_local(self.fs)) from None
         try:
             return f, pq.ParquetFile(f)
         except _ARROW_ERRORS as e:
             f.close()
-            raise CorpusError(f"{file}: not a readable Parquet file (truncated or corrupt?): {e}") from None
+            raise CorpusReadError(f"{file}: not a readable Parquet file (truncated or corrupt?): {e}",
+                                  transient=self._store_failed(e)) from None
 
     def list_videos(self) -> list[VideoEntry]:
         """Every video, in file order then row order, after validating the layout contract.
@@ -148,6 +202,10 @@ class CorpusReader:
         return entries
 
     def _scan_file(self, file: str) -> list[VideoEntry]:
+        table, rg_rows = self._with_retries(lambda: self._read_index(file))
+        return _entries_from_columns(file, table, rg_rows)
+
+    def _read_index(self, file: str) -> tuple[pa.Table, list[int]]:
         f, pf = self._open(file)
         try:
             check_schema(pf.schema_arrow, FRAME_SCHEMA, FRAME_REQUIRED, where=file)
@@ -155,26 +213,25 @@ class CorpusReader:
             try:
                 table = pf.read(columns=columns)
             except _ARROW_ERRORS as e:
-                raise CorpusError(f"{file}: cannot read columns {columns} (truncated or corrupt?): {e}") from None
-            rg_rows = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+                raise CorpusReadError(f"{file}: cannot read columns {columns} (truncated or corrupt?): {e}",
+                                      transient=self._store_failed(e)) from None
+            return table, [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
         finally:
             f.close()
-        return _entries_from_columns(file, table, rg_rows)
 
     def iter_frames(self, entry: VideoEntry) -> Iterator[FrameRecord]:
-        """Frames of one video in order, reading one row group at a time (never the whole video)."""
-        f, pf = self._open(entry.file)
+        """Frames of one video in order, reading one row group at a time (never the whole video).
+
+        On an object store, opening the file or reading a row group is retried (the file reopened) up to
+        ``READ_ATTEMPTS`` times, so a bucket failing for a few seconds does not fail the video; listing is
+        retried the same way.
+        """
+        handle: list[Any] = [None, None]  # the open file and its ParquetFile, reopened after a failed read
         try:
-            names = pf.schema_arrow.names
-            columns = [c for c in ("video_id", "frame_index", "image", "width", "height") if c in names]
             count = 0
             for rg in entry.row_groups:
-                try:
-                    table = pf.read_row_group(rg, columns=columns)
-                except _ARROW_ERRORS as e:
-                    raise CorpusError(
-                        f"{entry.file}: cannot read row group {rg} (truncated or corrupt?): {e}"
-                    ) from None
+                table = self._read_row_group(entry, rg, handle)
+                names = table.column_names
                 vids = table.column("video_id").to_pylist()
                 frame_idx = table.column("frame_index").to_pylist()
                 images = table.column("image")
@@ -184,7 +241,12 @@ class CorpusReader:
                     if vid != entry.video_id:
                         continue  # a row group shared with a neighbouring video
                     count += 1
-                    yield FrameRecord(vid, int(frame_idx[i]), images[i].as_py(), widths[i], heights[i])
+                    image = images[i].as_py()
+                    if image is None:
+                        raise CorpusError(
+                            f"{entry.file}: video {entry.video_id!r} frame_index {frame_idx[i]}: the image is null"
+                        )
+                    yield FrameRecord(vid, int(frame_idx[i]), image, widths[i], heights[i])
                 del table, images
             if count != entry.num_frames:
                 raise CorpusError(
@@ -192,7 +254,24 @@ class CorpusReader:
                     f"expected {entry.num_frames} (file changed since it was listed?)"
                 )
         finally:
-            f.close()
+            if handle[0] is not None:
+                handle[0].close()
+
+    def _read_row_group(self, entry: VideoEntry, rg: int, handle: list[Any]) -> pa.Table:
+        def read() -> pa.Table:
+            if handle[0] is None:
+                handle[0], handle[1] = self._open(entry.file)
+            names = handle[1].schema_arrow.names
+            columns = [c for c in ("video_id", "frame_index", "image", "width", "height") if c in names]
+            try:
+                return handle[1].read_row_group(rg, columns=columns)
+            except _ARROW_ERRORS as e:
+                handle[0].close()
+                handle[0] = handle[1] = None  # reopened by the next try
+                raise CorpusReadError(f"{entry.file}: cannot read row group {rg} (truncated or corrupt?): {e}",
+                                      transient=self._store_failed(e)) from None
+
+        return self._with_retries(read)
 
 
 def _entries_from_columns(file: str, table: pa.Table, rg_rows: list[int]) -> list[VideoEntry]:
@@ -205,6 +284,13 @@ def _entries_from_columns(file: str, table: pa.Table, rg_rows: list[int]) -> lis
         if nulls:
             raise CorpusError(f"{file}: column {name!r} has {nulls} null values; it must be set on every row")
     vids = np.asarray(table.column("video_id").to_pylist(), dtype=object)
+    lo, hi = pc.min(table.column("frame_index")).as_py(), pc.max(table.column("frame_index")).as_py()
+    if lo < 0 or hi > MAX_FRAME_INDEX:
+        bad = lo if lo < 0 else hi
+        row = table.column("frame_index").to_pylist().index(bad)
+        raise CorpusError(
+            f"{file}: video {vids[row]!r}: frame_index {bad} is out of range; allowed is 0..{MAX_FRAME_INDEX}"
+        )
     fidx = table.column("frame_index").to_numpy().astype(np.int64)
     widths = _int_column(table, "width")
     heights = _int_column(table, "height")
@@ -370,6 +456,10 @@ class CorpusWriter:
         last: int | None = None
         for frame_index, image, width, height, source in frames:
             frame_index = int(frame_index)
+            if not 0 <= frame_index <= MAX_FRAME_INDEX:
+                raise CorpusError(
+                    f"video {video_id!r}: frame_index {frame_index} is out of range; allowed is 0..{MAX_FRAME_INDEX}"
+                )
             if last is not None and frame_index <= last:
                 raise CorpusError(
                     f"video {video_id!r}: frame_index {frame_index} follows {last}; it must strictly increase"

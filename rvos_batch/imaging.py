@@ -4,6 +4,8 @@ Every decode checks the pixel count from the header before touching pixel data (
 refuses truncated or corrupt data with :class:`~rvos_batch.errors.ImageDecodeError`; it never relies on
 ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` (if some other code set it, it is switched off while we load).
 EXIF orientation is ignored: pixels come out as stored, so the header size equals the decoded shape.
+Only the raster formats in :data:`IMAGE_FORMATS` are opened: Pillow would otherwise try some forty formats on
+untrusted bytes, among them EPS, whose loader runs Ghostscript on the file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from rvos_batch.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 Mpx: far above any video frame, far below what exhausts memory
+# Formats a frame or an annotation may be in (Pillow format names); anything else is "not a readable image".
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
 _truncation_lock = threading.Lock()
 
@@ -73,11 +77,17 @@ def _open(data: bytes | str | os.PathLike[str], max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies below
-            img = Image.open(source)
+            img = Image.open(source, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(f"{what}: refused, too many pixels ({e}); limit is {max_pixels} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            f"{what}: not a readable image (not {', '.join(IMAGE_FORMATS)}, or its header is corrupt)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ImageDecodeError(f"{what}: not a readable image ({e})") from None
+    except Exception as e:  # a decoder plugin tripping over hostile bytes (struct.error, IndexError, ...)
+        raise ImageDecodeError(f"{what}: not a readable image ({type(e).__name__}: {e})") from None
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageDecodeError(f"{what}: invalid size {w}x{h}")
@@ -94,6 +104,8 @@ def _load(img: Image.Image, what: str) -> None:
             img.load()
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise ImageDecodeError(f"{what}: corrupt or truncated image data ({e})") from None
+    except Exception as e:  # as in _open: whatever the decoder raises on hostile data is this image's error
+        raise ImageDecodeError(f"{what}: corrupt image data ({type(e).__name__}: {e})") from None
 
 
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:

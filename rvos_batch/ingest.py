@@ -18,7 +18,9 @@ position in that order, ``source`` the path relative to SRC (``clip.mp4#t=1.200`
 Image bytes of image layouts are copied untouched, after a full (cheap) decode proves each is a complete
 image. Annotation pixel values are object ids; 0 is background and 255 is void (the DAVIS convention),
 neither becomes a prompt. Everything is listed and checked before the frames are committed: a missing folder
-or broken image raises an error naming its path, and nothing is left in OUT.
+or broken image raises an error naming its path, and nothing is left in OUT. A video without frames (an empty
+frame folder, a video file without a video stream or a decodable frame) is such an error too, not skipped: an
+ingest is all or nothing, so the corpus never silently lacks a video; remove or fix it and rerun.
 """
 
 from __future__ import annotations

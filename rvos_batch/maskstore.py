@@ -12,12 +12,15 @@ Layout of OUT (a local folder or an ``s3://`` prefix)::
     OUT/_commits/shard-00007.json        commit marker: rows, files, sha256 of each file, stats
     OUT/_failed/shard-00007.json         last failure of shard 7, removed when it later commits
     OUT/_lock.json                       held by the driver of the run in progress (MaskStore.lock)
+    OUT/_lock-takeover-<owner>.json      while a run takes over the lock a dead driver left (MaskStore.lock)
 
 Commit protocol (:meth:`MaskStore.commit_shard`): the data files are written first, the marker last.
 Locally each data file is written to ``_tmp-shard-XXXXX-<uuid>.parquet``, fsynced and renamed into place
 (``os.replace`` is atomic); on S3 the final key is written with one PUT, which is atomic by itself (a reader
 sees the old object or the whole new one), so no temporary key is needed. File names depend only on the shard
-id, so a retried shard overwrites its files instead of adding a second copy.
+id, so a retried shard overwrites its files instead of adding a second copy. On an object store every write
+of a commit is retried with backoff (``COMMIT_ATTEMPTS``); if one still fails, the commit raises before the
+marker, so a marker never names data that is not there.
 
 Readers that go through :class:`MaskStore` (``masks_dataset()``, ``videos_dataset()``, rvos_batch.query)
 see only files named by a marker: a data file whose marker is not written yet (a worker died between the
@@ -32,16 +35,18 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import random
 import re
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -52,6 +57,7 @@ import pyarrow.parquet as pq
 
 from rvos_batch import rle, storage
 from rvos_batch.errors import CorpusError, MaskStoreError
+from rvos_batch.job.faults import fault_point
 from rvos_batch.schema import MASK_ROW_GROUP_ROWS, MASK_SCHEMA, VIDEO_SCHEMA, check_schema
 
 MASK_SORT_KEYS = [("video_id", "ascending"), ("frame_index", "ascending"), ("object_id", "ascending")]
@@ -61,6 +67,15 @@ MARKER_FORMAT = 1
 LOCK_NAME = "_lock.json"
 LOCK_HEARTBEAT_S = float(os.environ.get("RVOS_LOCK_HEARTBEAT_S", "20"))
 LOCK_TTL_S = float(os.environ.get("RVOS_LOCK_TTL_S", "120"))  # a lease not renewed this long is stale
+# Object stores: each write of a commit is tried this many times, waiting ~1, 2, 4 s between tries (on top of
+# the retries botocore and s3fs already make), so a throttled or briefly failing bucket does not cost a shard.
+COMMIT_ATTEMPTS = max(1, int(os.environ.get("RVOS_COMMIT_ATTEMPTS", "4")))
+COMMIT_BACKOFF_S = float(os.environ.get("RVOS_COMMIT_BACKOFF_S", "1.0"))
+# Errors that another try cannot fix (a missing bucket, no permission); anything else OSError-like is retried.
+_PERMANENT_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------------------------- mask tables
@@ -304,7 +319,7 @@ class MaskStore:
         for kind, table, row_group_rows in (("masks", masks, MASK_ROW_GROUP_ROWS), ("videos", videos, 65_536)):
             data = _parquet_bytes(table, row_group_rows)
             rel = f"{kind}/{name}.parquet"
-            self._put_data(kind, name, rel, data)
+            self._retrying(rel, lambda: self._put_data(kind, name, rel, data))  # noqa: B023 - called at once
             files[kind] = {
                 "path": rel,
                 "rows": table.num_rows,
@@ -319,14 +334,42 @@ class MaskStore:
             "stats": stats,
             "committed_at": _now(),
         }
-        storage.write_json_atomic(self.fs, self._path("_commits", f"{name}.json"), marker)
+        fault_point("before_marker", int(shard_id))  # chaos tests: die with the data written, the marker not
+        marker_path = self._path("_commits", f"{name}.json")
+        self._retrying(f"_commits/{name}.json", lambda: storage.write_json_atomic(self.fs, marker_path, marker))
         failed = self._path("_failed", f"{name}.json")
-        if self.fs.exists(failed):
-            try:
+        try:
+            if self.fs.exists(failed):
                 self.fs.rm(failed)
-            except FileNotFoundError:
-                pass
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # the shard is committed; a stale failure record is ignored by readers of markers
+            log.warning("%s/_failed/%s.json: could not remove the old failure record: %s", self.url, name, e)
         return marker
+
+    def _retrying(self, rel: str, write: Callable[[], _T]) -> _T:
+        """Run one idempotent write of a commit; on an object store retry transient errors with backoff.
+
+        Local writes are not retried (a full disk does not heal in seconds). After the last try the error is a
+        MaskStoreError naming the file; the shard then fails and the driver retries or records it.
+        """
+        if storage.is_local(self.fs):
+            return write()
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return write()
+            except _PERMANENT_ERRORS:
+                raise
+            except (OSError, TimeoutError) as e:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise MaskStoreError(
+                        f"{self.url}/{rel}: write failed {attempt} times, giving up: {type(e).__name__}: {e}"
+                    ) from e
+                delay = COMMIT_BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.75, 1.25)
+                log.warning("%s/%s: write failed (%s: %s); try %d of %d in %.1f s",
+                            self.url, rel, type(e).__name__, e, attempt + 1, COMMIT_ATTEMPTS, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _put_data(self, kind: str, name: str, rel: str, data: bytes) -> None:
         final = self._path(rel)
@@ -361,7 +404,7 @@ class MaskStore:
                 except (ValueError, TypeError, AttributeError, OSError):
                     pass
         record = {"shard_id": int(shard_id), "error": str(error), "attempts": int(attempts), "failed_at": _now()}
-        storage.write_json_atomic(self.fs, path, record)
+        self._retrying(f"_failed/{name}.json", lambda: storage.write_json_atomic(self.fs, path, record))
         return record
 
     record_failed_shard = failed_shard
@@ -377,6 +420,11 @@ class MaskStore:
         or not renewed for ``LOCK_TTL_S`` seconds (its driver died on another machine), is taken over; any other
         existing lock raises MaskStoreError naming its holder (delete OUT/_lock.json, or pass ``force=True``,
         once you are sure that run is gone).
+
+        Two runs that find the same stale lock at once must not both take it over: the taker first creates
+        ``_lock-takeover-<stale owner>.json`` exclusively, so exactly one of them replaces the lock and the
+        other refuses. A conditional create whose reply was lost (the object store took the PUT, the client
+        retried and got "already exists") is recognised by the owner id inside and counts as acquired.
         """
         path = self._path(LOCK_NAME)
         holder = {
@@ -387,16 +435,13 @@ class MaskStore:
             "heartbeat_at": time.time(),
         }
         data = (json.dumps(holder, indent=2, sort_keys=True) + "\n").encode()
+        claim: str | None = None
         if not self._create_exclusive(path, data):
             current = self._read_lock(path)
-            if force or _lock_is_stale(current):
-                try:
-                    self.fs.rm(path)
-                except FileNotFoundError:
-                    pass
-                if not self._create_exclusive(path, data):
-                    current = self._read_lock(path)
-                    raise MaskStoreError(f"{self.url}: another run just took the lock {LOCK_NAME}: {current}")
+            if current.get("owner") == holder["owner"]:
+                pass  # our own create succeeded; only its reply was lost
+            elif force or _lock_is_stale(current):
+                claim = self._take_over(path, current, holder, data)
             else:
                 raise MaskStoreError(
                     f"{self.url} is in use by another run ({LOCK_NAME}: host {current.get('host')!r}, "
@@ -422,11 +467,42 @@ class MaskStore:
         finally:
             stop.set()
             beat_thread.join(timeout=5)
-            if self._read_lock(path).get("owner") == holder["owner"]:
-                try:
-                    self.fs.rm(path)
-                except FileNotFoundError:
-                    pass
+            try:
+                if self._read_lock(path).get("owner") == holder["owner"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm(path)
+                if claim is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm(claim)
+            except Exception as e:  # storage failing now must not hide how the run went; the lease expires
+                log.warning("%s: could not release the lock %s (%s: %s); it expires %.0f s after its last "
+                            "heartbeat, or delete it", self.url, LOCK_NAME, type(e).__name__, e, LOCK_TTL_S)
+
+    def _take_over(self, path: str, stale: dict[str, Any], holder: dict[str, Any], data: bytes) -> str:
+        """Replace the stale lock ``stale`` by ours, unless another run is doing the same; returns the claim path."""
+        stale_owner = re.sub(r"[^0-9A-Za-z]", "", str(stale.get("owner") or ""))[:64] or "unknown"
+        claim = self._path(f"_lock-takeover-{stale_owner}.json")
+        if not self._create_exclusive(claim, data) and self._read_lock(claim).get("owner") != holder["owner"]:
+            raise MaskStoreError(f"{self.url}: another run is taking over the stale lock {LOCK_NAME} right now: "
+                                 f"{self._read_lock(claim)}")
+        now = self._read_lock(path)
+        taken = now.get("owner") not in (stale.get("owner"), holder["owner"])
+        if now and taken:  # replaced since we found it stale: a live run holds it now
+            try:
+                self.fs.rm(claim)
+            except FileNotFoundError:
+                pass
+            raise MaskStoreError(f"{self.url}: another run just took the lock {LOCK_NAME}: {now}")
+        if not now and not self._create_exclusive(path, data):  # released meanwhile: create it as usual
+            try:
+                self.fs.rm(claim)
+            except FileNotFoundError:
+                pass
+            raise MaskStoreError(f"{self.url}: another run just took the lock {LOCK_NAME}: {self._read_lock(path)}")
+        if now:
+            storage.write_json_atomic(self.fs, path, holder)
+        log.warning("%s: took over the lock left by %s", self.url, {k: stale.get(k) for k in ("host", "pid")})
+        return claim
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         if storage.is_local(self.fs):
@@ -449,6 +525,7 @@ class MaskStore:
         return True
 
     def _read_lock(self, path: str) -> dict[str, Any]:
+        self.fs.invalidate_cache(path)  # listings cached by this process say nothing about another's lock
         try:
             value = storage.read_json(self.fs, path)
         except FileNotFoundError:
@@ -519,6 +596,7 @@ class MaskStore:
     def read_run(self) -> dict[str, Any] | None:
         """The contents of OUT/run.json, or None if there is none yet."""
         path = self._path("run.json")
+        self.fs.invalidate_cache(path)  # another process may have written it since this one listed OUT
         try:
             value = storage.read_json(self.fs, path)
         except FileNotFoundError:
@@ -531,13 +609,15 @@ class MaskStore:
 
     def write_run(self, run_json: dict[str, Any]) -> None:
         """Write OUT/run.json atomically."""
-        storage.write_json_atomic(self.fs, self._path("run.json"), run_json)
+        self._retrying("run.json", lambda: storage.write_json_atomic(self.fs, self._path("run.json"), run_json))
 
     def write_plan(self, shards: list[dict[str, Any]]) -> None:
         """Write OUT/plan.json: every shard's id, video ids and frame count (what ``status`` counts against)."""
-        storage.write_json_atomic(self.fs, self._path("plan.json"), {"shards": shards})
+        plan = {"shards": shards}
+        self._retrying("plan.json", lambda: storage.write_json_atomic(self.fs, self._path("plan.json"), plan))
 
     def read_plan(self) -> list[dict[str, Any]] | None:
+        self.fs.invalidate_cache(self._path("plan.json"))
         try:
             return list(storage.read_json(self.fs, self._path("plan.json"))["shards"])
         except FileNotFoundError:

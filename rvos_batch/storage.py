@@ -2,14 +2,19 @@
 
 Credentials and endpoint come from the standard AWS environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...) or from a ``--storage-options`` JSON object passed
-to s3fs. Nothing here ever logs or returns a credential: use :func:`redact` before recording options.
+to s3fs (inline, or ``@FILE`` to read it from a file, which keeps keys off command lines, ``ps`` and Ray's
+job records). Nothing here ever logs or returns a credential: use :func:`redact` before recording options.
+botocore logs every request's headers at DEBUG, session tokens included, so its loggers are held at INFO
+even when ``rvos-batch -v`` turns on debug logging (set them lower yourself to debug S3 itself).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
+import re
 import uuid
 from typing import Any
 
@@ -19,18 +24,34 @@ from fsspec.implementations.local import LocalFileSystem
 from rvos_batch.errors import RvosBatchError
 
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential", "session")
+_URL_USERINFO = re.compile(r"(?<=://)[^@\s]+@")  # user:password@ (a password may hold '/')
+
+for _name in ("botocore", "aiobotocore"):  # DEBUG records carry request headers (X-Amz-Security-Token)
+    if logging.getLogger(_name).level < logging.INFO:
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any]:
-    """Parse the ``--storage-options`` JSON object (None or empty gives {})."""
+    """Parse the ``--storage-options`` JSON object, or ``@FILE`` holding one (None or empty gives {}).
+
+    Error messages never quote the text: it may hold keys.
+    """
     if not text:
         return {}
+    where = "--storage-options"
+    if text.startswith("@"):
+        where = f"--storage-options file {text[1:]}"
+        try:
+            with open(os.path.expanduser(text[1:]), encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise RvosBatchError(f"{where}: cannot read it ({e.strerror or type(e).__name__})") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise RvosBatchError(f"--storage-options is not valid JSON: {e.msg} at position {e.pos}") from None
+        raise RvosBatchError(f"{where} is not valid JSON: {e.msg} at position {e.pos}") from None
     if not isinstance(value, dict):
-        raise RvosBatchError(f"--storage-options must be a JSON object, got {type(value).__name__}")
+        raise RvosBatchError(f"{where} must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -88,13 +109,20 @@ def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, value: Any) -> N
 
 
 def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """A copy of storage options with every credential-like value replaced by '***'."""
-    out: dict[str, Any] = {}
-    for k, v in options.items():
-        if isinstance(v, dict):
-            out[k] = redact(v)
-        elif any(w in k.lower() for w in _SECRET_WORDS):
-            out[k] = "***"
-        else:
-            out[k] = v
-    return out
+    """A copy of storage options with every credential-like value replaced by '***'.
+
+    Keys naming a secret (key, secret, token, password, credential, session) lose their value, nested dicts
+    and lists are walked, and user:password@ in URL-like strings (an endpoint with credentials) is masked.
+    """
+    return {k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) else _redact_value(v)
+            for k, v in options.items()}
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, str):
+        return _URL_USERINFO.sub("***@", value)
+    return value

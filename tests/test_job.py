@@ -199,8 +199,9 @@ def test_driver_killed_mid_run_then_rerun(tmp_path, model_path, reference_run):
     assert assert_exactly_once(out, ids).equals(reference)
 
 
-def _actor_pids() -> list[int]:
-    r = subprocess.run(["pgrep", "-f", "ray::LabelActor"], capture_output=True, text=True)
+def _actor_pids(session: int) -> list[int]:
+    """Label actors of one run: processes of the driver's session (never another run's on this machine)."""
+    r = subprocess.run(["pgrep", "-s", str(session), "-f", "ray::LabelActor"], capture_output=True, text=True)
     return [int(p) for p in r.stdout.split()]
 
 
@@ -209,8 +210,9 @@ def test_actor_killed_mid_shard(tmp_path, model_path, reference_run):
     out = str(tmp_path / "out")
     proc = _label_proc(corpus, out, model_path)
     try:
-        _wait_for(lambda: _markers(out) >= 1 and _actor_pids(), 300, "a committed shard and a live actor", proc)
-        for pid in _actor_pids():
+        _wait_for(lambda: _markers(out) >= 1 and _actor_pids(proc.pid), 300, "a committed shard and a live actor",
+                  proc)
+        for pid in _actor_pids(proc.pid):
             os.kill(pid, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=300)
     finally:

@@ -43,8 +43,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="attempts per shard before it is recorded failed (default 3)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an OUT written with another configuration or model and start again")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help="fsspec/s3fs options as JSON, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}'")
+    p.add_argument("--storage-options", default=None, metavar="JSON|@FILE",
+                   help="fsspec/s3fs options as JSON, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}', or "
+                        "@FILE naming a JSON file (keep keys there, not on the command line)")
     p.add_argument("--no-preview", action="store_true", help="do not draw OUT/preview.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")

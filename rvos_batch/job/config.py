@@ -37,7 +37,7 @@ class LabelConfig:
     max_shard_attempts: int = 3
     address: str | None = None
     overwrite: bool = False
-    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
 
     OUTPUT_FIELDS = ("mode", "prompts", "videos_per_shard", "threshold", "min_area")
 

@@ -27,7 +27,7 @@ from rvos_batch.errors import MaskStoreError, RvosBatchError
 from rvos_batch.job.config import LabelConfig, output_fingerprint
 from rvos_batch.job.plan import ShardSpec, corpus_fingerprint, plan_shards, plan_summary
 from rvos_batch.maskstore import MaskStore
-from rvos_batch.model.checkpoint import file_sha256
+from rvos_batch.model.checkpoint import file_sha256, load_checkpoint
 from rvos_batch.storage import redact
 from rvos_batch.zoo import resolve_model
 
@@ -215,10 +215,13 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
     reader = CorpusReader(config.corpus, storage_options=config.storage_options)
     entries = reader.list_videos()
     shards = plan_shards(entries, config.videos_per_shard)
-    model_path = resolve_model(config.model)
+    model_path = resolve_model(config.model, config.mode)
     model_sha = file_sha256(model_path)
+    _, model_config, _ = load_checkpoint(model_path)  # fail here, not in every actor, on a bad or wrong model
+    if model_config.mode != config.mode:
+        raise RvosBatchError(f"model {config.model!r} is a {model_config.mode} model; this run is --mode {config.mode}")
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries))
-    model_info = {"name": config.model, "path": model_path, "sha256": model_sha}
+    model_info = {"name": config.model, "path": model_path, "sha256": model_sha, "config": model_config.to_dict()}
     prompt_check = check_prompts(config, [e.video_id for e in entries])
     with store.lock():
         record = prepare_output(store, config, fingerprint, shards, model_info)
@@ -256,10 +259,10 @@ def _run_shards(config: LabelConfig, todo: list[ShardSpec], summary: JobSummary,
     if gpus == 0 and ray.cluster_resources().get("GPU", 0) > 0 and config.num_actors is None:
         gpus = 1.0  # a GPU cluster and no explicit request: one GPU per actor
     n_actors = _actor_count(config, gpus, len(todo))
-    actor_cls = ray.remote(LabelActor).options(
+    actor_cls: Any = ray.remote(LabelActor).options(  # Ray's handle types are too dynamic for mypy
         num_cpus=config.cpus_per_actor, num_gpus=gpus, max_restarts=-1, max_task_retries=0
     )
-    actors = [actor_cls.remote(config) for _ in range(n_actors)]
+    actors: list[Any] = [actor_cls.remote(config) for _ in range(n_actors)]
     starting = {a.ready.remote(): a for a in actors}
     idle: deque = deque()
     queue_: deque[ShardSpec] = deque(todo)
@@ -280,7 +283,11 @@ def _run_shards(config: LabelConfig, todo: list[ShardSpec], summary: JobSummary,
             log.error("shard %d failed %d times, giving up: %s", spec.shard_id, attempts[spec.shard_id], error)
             summary.shards_failed.append(spec.shard_id)
             summary.shard_errors[spec.shard_id] = error
-            store.record_failed_shard(spec.shard_id, error, attempts[spec.shard_id])
+            try:
+                store.record_failed_shard(spec.shard_id, error, attempts[spec.shard_id])
+            except Exception as e:  # storage down: the summary still reports the shard; a rerun retries it
+                log.error("shard %d: could not record its failure in OUT/_failed: %s: %s", spec.shard_id,
+                          type(e).__name__, e)
         else:
             log.warning("shard %d attempt %d failed (%s); retrying", spec.shard_id, attempts[spec.shard_id], error)
             queue_.appendleft(spec)
@@ -320,7 +327,7 @@ def _run_shards(config: LabelConfig, todo: list[ShardSpec], summary: JobSummary,
             for gen in ready:
                 actor, spec = in_flight[gen]
                 try:
-                    item = ray.get(next(gen))
+                    item: Any = ray.get(next(gen))  # type: ignore[call-overload, arg-type]
                 except StopIteration:
                     del in_flight[gen]
                     fail_or_retry(actor, spec, "worker ended without a result", actor_dead=False)
