@@ -6,6 +6,15 @@ with ``release``, so a long video never blocks the rows around it. Each frame gi
 per-pixel overlaps resolved, empty slots dropped, one confidence score per mask, original resolution, and
 object ids that stay stable through the video. ``preprocess`` is CPU-only so it can run in decode threads.
 :func:`predict_video` is the one-video convenience built on the same session.
+
+For throughput, ``step_async`` launches a step and returns a :class:`PendingStep` at once; its ``result()`` (dense
+masks) or ``rles()`` (:class:`FrameRLE`, run-length encoded where the masks are: on the GPU when they are there)
+may run on another thread while the next step runs. Nothing in ``step_async`` waits for the device (except on
+frames that bring prompt masks): frames are uploaded from pinned memory and the state is replaced on the device.
+Masks of all rows of one size are upsampled and resolved in one batched call, on CUDA on a side stream.
+``PredictConfig`` also selects bfloat16 autocast, channels_last, torch.compile (CUDA graphs with
+"reduce-overhead") and a fixed batch shape for compiled models; ``PredictConfig.for_device`` picks the fast
+settings of a device.
 """
 
 from __future__ import annotations
@@ -13,16 +22,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rvos_batch import rle, rle_torch
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_BACKENDS = ("eager", "aot_eager")  # tracing only: check a model compiles without a compiler toolchain
+_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 Prompts = Mapping[int, Mapping[int, np.ndarray]]  # frame_index -> object_id -> bool mask (H0, W0)
 # (frame_index, preprocessed frame (3, h, w)) or (frame_index, frame, (H0, W0))
@@ -36,6 +50,12 @@ class PredictConfig:
     threshold: a pixel is foreground for a slot when its probability is above this. min_area: slots whose final
     mask (original resolution, after overlap resolution) has fewer pixels are dropped. device: torch device.
     amp_dtype: None (float32) or "bfloat16" / "float16" autocast. max_batch_videos: default session capacity.
+    channels_last: run the model's convolutions in NHWC (faster with cuDNN tensor cores). compile: None, a
+    torch.compile mode ("default", "reduce-overhead" = CUDA graphs, "max-autotune", "max-autotune-no-cudagraphs")
+    or a debugging backend ("eager", "aot_eager"), applied to the encoder and the per-slot decoder, whose shapes are
+    fixed. fixed_batch: always step all ``capacity`` rows (idle rows get a blank frame and keep their state), so
+    the compiled shapes never change as videos end. None of these change what a frame's masks are meant to be;
+    bfloat16 and compiled kernels round differently from float32.
     """
 
     threshold: float = 0.5
@@ -43,6 +63,21 @@ class PredictConfig:
     device: str = "cpu"
     amp_dtype: str | None = None
     max_batch_videos: int = 8
+    channels_last: bool = False
+    compile: str | None = None
+    fixed_batch: bool = False
+
+    @classmethod
+    def for_device(cls, device: str, **overrides: Any) -> PredictConfig:
+        """The fast settings for ``device``: on CUDA bfloat16 autocast and channels_last (tensor cores); on CPU
+        plain float32 (bfloat16 on a CPU without AMX is slower). ``overrides`` set any field, e.g. compile."""
+        fast: dict[str, Any] = {"device": device}
+        if torch.device(device).type == "cuda":
+            fast.update(amp_dtype="bfloat16", channels_last=True)
+        fast.update(overrides)
+        if fast.get("compile") is not None and "fixed_batch" not in overrides:
+            fast["fixed_batch"] = True  # one compiled shape per session instead of one per batch size
+        return cls(**fast)
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, (int, float)) or not 0.0 <= float(self.threshold) < 1.0:
@@ -55,6 +90,11 @@ class PredictConfig:
             )
         if not isinstance(self.max_batch_videos, int) or self.max_batch_videos < 1:
             raise ConfigError(f"PredictConfig.max_batch_videos={self.max_batch_videos!r}: allowed is an integer >= 1")
+        if self.compile is not None and self.compile not in COMPILE_MODES + COMPILE_BACKENDS:
+            raise ConfigError(
+                f"PredictConfig.compile={self.compile!r}: allowed values are None, "
+                f"{list(COMPILE_MODES + COMPILE_BACKENDS)}"
+            )
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -71,6 +111,22 @@ class FrameResult:
     frame_index: int
     object_ids: np.ndarray
     masks: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameRLE:
+    """Masks of one frame as COCO RLE, ready to store: ``counts[k]`` is the compressed RLE string of object
+    ``object_ids[k]``'s mask of ``size`` (H0, W0); areas int64 (K,), boxes float64 (K, 4) as pycocotools
+    ``toBbox``, scores float32 (K,) as in :class:`FrameResult`. Equal to ``rle.encode_batch_with_stats`` of the
+    FrameResult's masks."""
+
+    frame_index: int
+    size: tuple[int, int]
+    object_ids: np.ndarray
+    counts: list[str]
+    areas: np.ndarray
+    boxes: np.ndarray
     scores: np.ndarray
 
 
@@ -126,6 +182,16 @@ class BatchSession:
         self.device = torch.device(config.device)
         self.input_size = model.config.input_size
         self.one_shot = model.config.one_shot
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights only; a no-op the second time
+        if config.compile is not None:
+            compile_model(self.model, config.compile)
+        # CUDA graphs replay into static buffers: a new graph generation starts at every step.
+        self._graphed = config.compile in _GRAPH_MODES and self.device.type == "cuda"
+        self._blank_frame: Tensor | None = None
+        self.post_stream: Any = None  # CUDA: postprocessing runs here, beside the model's stream
+        if self.device.type == "cuda":
+            self.post_stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
             self.state: RVOSState = model.init_state(self.capacity, device=self.device, dtype=torch.float32)
         self._rows: list[_Row | None] = [None] * self.capacity
@@ -187,7 +253,7 @@ class BatchSession:
                 raise ValueError(f"video {video_id!r}: prompts given to a zero-shot model (mode 'zero-shot')")
             info = _Row(video_id, size, tuple(range(1, n_slots + 1)))
         with torch.inference_mode():
-            self.state = self.model.reset_rows(self.state, [row])
+            self.state = self.model.reset_rows(self.state, self._index([row]))
         self._rows[row] = info
 
     def release(self, row: int) -> None:
@@ -206,10 +272,22 @@ class BatchSession:
 
         frames: row -> (frame_index, preprocessed (3, h, w) uint8 or float in [0, 1]), or
         (frame_index, tensor, (H0, W0)) to give the original size with the frame. Rows absent from ``frames`` are
-        not advanced. A row's frame indices must increase. On an exception nothing is advanced.
+        not advanced. A row's frame indices must increase. On an invalid input or a model error nothing is
+        advanced (an error while making the masks, after the step, leaves the state advanced).
+        """
+        return self.step_async(frames).result()
+
+    def step_async(self, frames: Mapping[int, FrameInput]) -> PendingStep:
+        """:meth:`step` without waiting: runs (on CUDA: queues) the model step, advances the state, and returns a
+        :class:`PendingStep` whose ``result()`` / ``rles()`` give the masks.
+
+        Nothing here waits for the device: frames go up from pinned memory, the state is replaced on the device,
+        and the upsampling to the original size, the overlap resolution and the copy back happen in
+        ``PendingStep.result()``, which may run on another thread (on CUDA on its own stream) while this thread
+        launches the next step. Validation errors and model errors raised on the host leave the state unchanged.
         """
         if not frames:
-            return {}
+            return PendingStep(self, [], None, None, None)
         rows = sorted(frames)
         infos: list[_Row] = []
         indices: list[int] = []
@@ -229,11 +307,20 @@ class BatchSession:
             infos.append(info)
             indices.append(fi)
             sizes.append(size)
-        batch = torch.stack([self._frame_tensor(frames[r][1]) for r in rows]).to(self.device, non_blocking=True)
-        batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()  # (b, 3, h, w) in [0, 1]
+        tensors = [self._frame_tensor(frames[r][1]) for r in rows]
         all_rows = rows == list(range(self.capacity))
-        sub = self.state if all_rows else self.state.index_rows(rows)
-        given, valid = self._given(infos, indices, sizes)
+        pad = self.config.fixed_batch and not all_rows
+        if pad:  # fixed shapes for compiled / graphed models: idle and free rows get a blank frame
+            blank = self._blank(tensors[0])
+            by_row = dict(zip(rows, tensors, strict=True))
+            tensors = [by_row.get(r, blank) for r in range(self.capacity)]
+        batch = self._upload(tensors)
+        batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()  # (b, 3, h, w) in [0, 1]
+        if self.config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        step_rows = list(range(self.capacity)) if pad else rows
+        sub = self.state if all_rows or pad else self.state.index_rows(self._index(rows))
+        given, valid = self._given(infos, indices, sizes, step_rows, rows)
         n_active = self.state.num_slots
         if self.one_shot:  # slot s depends only on slots < s: decode no further than the largest row needs
             n_active = max(1, max(len(info.object_ids) for info in infos))
@@ -243,26 +330,58 @@ class BatchSession:
             else contextlib.nullcontext()
         )
         with torch.inference_mode():
+            if self._graphed:
+                torch.compiler.cudagraph_mark_step_begin()
             with amp:
                 logits, new_sub = self.model.step(batch, sub, given, valid, num_active_slots=n_active)
             probs = torch.sigmoid(logits.float())  # (b, n, h, w)
-            out: dict[int, FrameResult] = {}
-            for i, (row, info) in enumerate(zip(rows, infos, strict=True)):
-                n_obj = len(info.object_ids)
-                out[row] = postprocess(
-                    probs[i, :n_obj],
-                    new_sub.started[i, :n_obj],  # one-shot: only slots whose object has appeared are reported
-                    info.object_ids,
-                    sizes[i],
-                    indices[i],
-                    threshold=self.config.threshold,
-                    min_area=self.config.min_area,
-                )
+            started = new_sub.started[:, :n_active]
             # Commit only once everything succeeded, so a failed step can be retried row by row.
-            self.state = new_sub if all_rows else self.state.scatter_rows(rows, new_sub)
+            if all_rows:
+                self.state = new_sub
+            elif pad:
+                self.state = _merge_rows(self.state, new_sub, self._present(rows))
+            else:
+                self.state = self.state.scatter_rows(self._index(rows), new_sub)
+            event = None
+            if self.device.type == "cuda":
+                event = torch.cuda.Event()
+                event.record()
         for info, fi in zip(infos, indices, strict=True):
             info.last_frame = fi
-        return out
+        positions = rows if pad else list(range(len(rows)))  # each row's index in the stepped batch
+        items = [
+            _Item(row, pos, info.video_id, info.object_ids, fi, size)
+            for row, pos, info, fi, size in zip(rows, positions, infos, indices, sizes, strict=True)
+        ]
+        return PendingStep(self, items, probs, started, event)
+
+    def _upload(self, tensors: list[Tensor]) -> Tensor:
+        """Stack frames and move them to the device without waiting for it (pinned memory, non-blocking copy)."""
+        if self.device.type != "cuda":
+            return torch.stack([t.to(self.device) for t in tensors])
+        if all(t.device.type == "cpu" for t in tensors):
+            return torch.stack(tensors).pin_memory().to(self.device, non_blocking=True)
+        return torch.stack([t.to(self.device, non_blocking=True) for t in tensors])  # some decoded on the device
+
+    def _index(self, rows: list[int]) -> Tensor:
+        """Row indices as a device tensor, copied up without a host sync (a plain list would block on CUDA)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        if self.device.type == "cuda":
+            return idx.pin_memory().to(self.device, non_blocking=True)
+        return idx
+
+    def _present(self, rows: list[int]) -> Tensor:
+        present = torch.zeros(self.capacity, dtype=torch.bool)
+        present[rows] = True
+        if self.device.type == "cuda":
+            return present.pin_memory().to(self.device, non_blocking=True)
+        return present
+
+    def _blank(self, like: Tensor) -> Tensor:
+        if self._blank_frame is None or self._blank_frame.dtype != like.dtype:
+            self._blank_frame = torch.zeros(3, *self.input_size, dtype=like.dtype)
+        return self._blank_frame
 
     def _frame_tensor(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[0] != 3 or tuple(x.shape[1:]) != self.input_size:
@@ -272,13 +391,21 @@ class BatchSession:
         return x
 
     def _given(
-        self, infos: list[_Row], frame_indices: list[int], sizes: list[tuple[int, int]]
+        self,
+        infos: list[_Row],
+        frame_indices: list[int],
+        sizes: list[tuple[int, int]],
+        step_rows: list[int],
+        rows: list[int],
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Prompt masks due at these frames, resized to the model input: (b, S, h, w) float and (b, S) bool."""
+        """Prompt masks due at these frames, resized to the model input: (b, S, h, w) float and (b, S) bool.
+
+        b = len(step_rows), the rows stepped (``rows`` plus padding rows in a fixed batch)."""
         if not self.one_shot:
             return None, None
         due = []
-        for i, (info, fi, size) in enumerate(zip(infos, frame_indices, sizes, strict=True)):
+        for info, fi, size, row in zip(infos, frame_indices, sizes, rows, strict=True):
+            i = step_rows.index(row)
             for obj, mask in info.prompts.get(fi, {}).items():
                 if mask.shape != size:
                     raise ValueError(
@@ -288,8 +415,8 @@ class BatchSession:
                 due.append((i, info.object_ids.index(obj), mask))
         if not due:
             return None, None
-        given = torch.zeros(len(infos), self.state.num_slots, *self.input_size, device=self.device)
-        valid = torch.zeros(len(infos), self.state.num_slots, dtype=torch.bool, device=self.device)
+        given = torch.zeros(len(step_rows), self.state.num_slots, *self.input_size, device=self.device)
+        valid = torch.zeros(len(step_rows), self.state.num_slots, dtype=torch.bool, device=self.device)
         for i, slot, mask in due:
             m = torch.from_numpy(mask.astype(np.float32)).to(self.device)[None, None]  # (1, 1, H0, W0)
             # Antialiased (area-like) downsampling keeps a soft [0, 1] mask, like the fed-back probabilities.
@@ -297,6 +424,186 @@ class BatchSession:
             given[i, slot] = small[0, 0].clamp_(0.0, 1.0)
             valid[i, slot] = True
         return given, valid
+
+
+@dataclass(frozen=True)
+class _Item:
+    row: int
+    position: int  # index of the row in the stepped batch
+    video_id: str
+    object_ids: tuple[int, ...]
+    frame_index: int
+    size: tuple[int, int]  # (H0, W0)
+
+
+# Upsampled probabilities of one postprocessing chunk: rows x slots x H0 x W0 floats (256 MB in float32).
+_POST_CHUNK_ELEMENTS = 1 << 26
+
+
+class PendingStep:
+    """The masks of one :meth:`BatchSession.step_async`, made on demand.
+
+    ``result()`` gives FrameResults (dense masks on the host); ``rles()`` gives FrameRLEs, encoded on the device
+    on CUDA, so masks never cross the bus, only their run-length characters. Call one of them once, from any
+    thread. On CUDA the work is queued on the session's ``post_stream`` behind the step's kernels, so its waits
+    (copies to the host, sizes of the RLE output) never hold up the model's stream. All rows of one original
+    size are upsampled and resolved in one batched call.
+    """
+
+    def __init__(self, session: BatchSession, items: list[_Item], probs: Tensor | None, started: Tensor | None,
+                 event: Any) -> None:
+        self._session = session
+        self._items = items
+        self._probs = probs  # (b, n, h, w) float32 on the device
+        self._started = started  # (b, n) bool
+        self._event = event
+        self.rows = [it.row for it in items]
+
+    def result(self) -> dict[int, FrameResult]:
+        """row -> FrameResult, as :meth:`BatchSession.step` returns."""
+        out = self._run(as_rle=False)
+        return out  # type: ignore[return-value]
+
+    def rles(self) -> dict[int, FrameRLE]:
+        """row -> FrameRLE: the same masks as ``result()``, run-length encoded."""
+        out = self._run(as_rle=True)
+        return out  # type: ignore[return-value]
+
+    def _run(self, as_rle: bool) -> dict[int, FrameResult] | dict[int, FrameRLE]:
+        if not self._items:
+            return {}
+        assert self._probs is not None and self._started is not None
+        session = self._session
+        ctx: Any = contextlib.nullcontext()
+        if session.post_stream is not None:
+            stream = session.post_stream
+            stream.wait_event(self._event)
+            self._probs.record_stream(stream)  # the allocator must not hand these blocks out before we are done
+            self._started.record_stream(stream)
+            ctx = torch.cuda.stream(stream)
+        out: dict[int, Any] = {}
+        with ctx, torch.inference_mode():
+            groups: dict[tuple[int, int], list[_Item]] = {}
+            for it in self._items:
+                groups.setdefault(it.size, []).append(it)
+            n = self._probs.shape[1]
+            for size, items in groups.items():
+                per_chunk = max(1, _POST_CHUNK_ELEMENTS // max(1, n * size[0] * size[1]))
+                for start in range(0, len(items), per_chunk):
+                    out.update(self._chunk(items[start : start + per_chunk], size, as_rle))
+        return out
+
+    def _chunk(self, items: list[_Item], size: tuple[int, int], as_rle: bool) -> dict[int, Any]:
+        assert self._probs is not None and self._started is not None
+        cfg = self._session.config
+        b, n = self._started.shape
+        positions = [it.position for it in items]
+        if positions == list(range(b)):
+            probs, started = self._probs, self._started
+        else:
+            idx = torch.tensor(positions, dtype=torch.long).to(self._probs.device)
+            probs, started = self._probs.index_select(0, idx), self._started.index_select(0, idx)
+        allowed = torch.zeros(len(items), n, dtype=torch.bool)
+        for i, it in enumerate(items):
+            allowed[i, : len(it.object_ids)] = True  # zero-shot: all slots; one-shot: one per prompted object
+        reportable = started & allowed.to(started.device)
+        masks, area, score = resolve_masks(probs, reportable, size, cfg.threshold)
+        keep = (area >= cfg.min_area) & reportable  # (g, n)
+        keep_np = keep.cpu().numpy()
+        score_np = score.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+        h0, w0 = size
+        ids = [np.asarray(it.object_ids + (0,) * (n - len(it.object_ids)), dtype=np.int32) for it in items]
+        out: dict[int, Any] = {}
+        if not as_rle:
+            masks_np = masks.cpu().numpy()
+            for i, it in enumerate(items):
+                k = keep_np[i]
+                out[it.row] = FrameResult(it.frame_index, ids[i][k], masks_np[i][k], score_np[i][k])
+            return out
+        flat_keep = keep_np.reshape(-1)
+        if masks.device.type == "cuda":  # encode where the masks are; only characters come back
+            kept = masks.reshape(-1, h0, w0)[keep.reshape(-1)]
+            rles, areas, boxes = rle_torch.encode_batch_with_stats(kept)
+        else:
+            kept_np = masks.cpu().numpy().reshape(-1, h0, w0)[flat_keep]
+            if len(kept_np):
+                rles, areas, boxes = rle.encode_batch_with_stats(kept_np)
+            else:
+                rles, areas, boxes = [], np.zeros(0, np.int64), np.zeros((0, 4), np.float64)
+        start = 0
+        for i, it in enumerate(items):
+            k = keep_np[i]
+            end = start + int(k.sum())
+            out[it.row] = FrameRLE(
+                frame_index=it.frame_index,
+                size=size,
+                object_ids=ids[i][k],
+                counts=[r["counts"] for r in rles[start:end]],
+                areas=np.asarray(areas[start:end], dtype=np.int64),
+                boxes=np.asarray(boxes[start:end], dtype=np.float64).reshape(-1, 4),
+                scores=score_np[i][k],
+            )
+            start = end
+        return out
+
+
+def resolve_masks(
+    probs: Tensor, reportable: Tensor, size: tuple[int, int], threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Batched core of :func:`postprocess`: probs (g, n, h, w), reportable (g, n) bool -> masks (g, n, H0, W0)
+    bool (disjoint per row), area (g, n) int64, score (g, n) float (mean probability inside each mask)."""
+    g, n = probs.shape[:2]
+    # Slots not yet started never win a pixel. Zeroing them before upsampling is exact (bilinear weights are
+    # per channel) and touches 4-8x fewer values than zeroing after.
+    low = probs.float() * reportable[:, :, None, None]
+    full = F.interpolate(low, size=size, mode="bilinear", align_corners=False)  # (g, n, H0, W0)
+    best_p, best = full.max(dim=1)  # (g, H0, W0) each
+    label = torch.where(best_p > threshold, best, n)  # slot index, n = background
+    masks = label[:, None] == torch.arange(n, device=full.device)[None, :, None, None]  # (g, n, H0, W0), disjoint
+    if full.device.type == "cpu":  # one pass over the label map instead of n passes over the masks
+        flat = label.view(g, -1)
+        area = torch.zeros(g, n + 1, dtype=torch.int64).scatter_add_(1, flat, torch.ones_like(flat))[:, :n]
+        total = torch.zeros(g, n + 1, dtype=full.dtype).scatter_add_(1, flat, best_p.view(g, -1))[:, :n]
+    else:  # CUDA: dense reductions are cheap there and, unlike scatter_add, deterministic
+        area = masks.sum(dim=(2, 3))
+        total = (full * masks).sum(dim=(2, 3))
+    return masks, area, total / area.clamp(min=1)
+
+
+def _merge_rows(old: RVOSState, new: RVOSState, present: Tensor) -> RVOSState:
+    """``new`` for the rows where ``present`` (B,) bool, ``old`` elsewhere; no host sync, fixed shapes."""
+    out = [
+        torch.where(present.view(-1, *([1] * (a.dim() - 1))), b.to(a.dtype), a)
+        for a, b in zip(old.tensors(), new.tensors(), strict=True)
+    ]
+    n_h = len(old.hidden)
+    return RVOSState(
+        hidden=tuple(out[:n_h]),
+        prev_masks=None if old.prev_masks is None else out[n_h],
+        started=out[-2],
+        frame_index=out[-1],
+        image_size=old.image_size,
+    )
+
+
+def compile_model(model: RVOS, mode: str) -> None:
+    """torch.compile the encoder and the per-slot decoder of ``model`` in place, once per model.
+
+    ``mode`` is a torch.compile mode (COMPILE_MODES) or a tracing-only backend (COMPILE_BACKENDS). Shapes are
+    static (``dynamic=False``): a session with ``fixed_batch`` compiles one graph for the encoder and one for
+    the decoder, reused by every slot of every frame.
+    """
+    done = getattr(model, "_rvos_compiled", None)
+    if done == mode:
+        return
+    if done is not None:
+        raise ValueError(f"model is already compiled with {done!r}; cannot compile it again with {mode!r}")
+    if mode not in COMPILE_MODES + COMPILE_BACKENDS:
+        raise ValueError(f"compile={mode!r}: allowed values are {list(COMPILE_MODES + COMPILE_BACKENDS)}")
+    kwargs: dict[str, Any] = {"backend": mode} if mode in COMPILE_BACKENDS else {"mode": mode}
+    model.encoder.compile(dynamic=False, **kwargs)
+    model.decoder.compile(dynamic=False, **kwargs)
+    model._rvos_compiled = mode  # type: ignore[assignment]
 
 
 def postprocess(
@@ -319,14 +626,8 @@ def postprocess(
     assert reportable.shape == (n,) and len(object_ids) == n, "one reportable flag and object id per slot"
     if n == 0 or not bool(reportable.any()):
         return _empty(frame_index, h0, w0)
-    full = F.interpolate(probs[None].float(), size=(h0, w0), mode="bilinear", align_corners=False)[0]  # (n, H0, W0)
-    full = full * reportable[:, None, None]  # slots not yet started never win a pixel
-    best_p, best = full.max(dim=0)  # (H0, W0) each
-    fg = best_p > threshold
-    slots = torch.arange(n, device=full.device)
-    masks = (best[None] == slots[:, None, None]) & fg[None]  # (n, H0, W0), disjoint
-    area = masks.sum(dim=(1, 2))  # (n,)
-    score = (full * masks).sum(dim=(1, 2)) / area.clamp(min=1)  # (n,)
+    masks, area, score = resolve_masks(probs[None], reportable[None], (h0, w0), threshold)
+    masks, area, score = masks[0], area[0], score[0]
     keep = (area >= min_area) & reportable
     idx = keep.nonzero().flatten()
     return FrameResult(

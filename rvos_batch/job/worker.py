@@ -5,11 +5,19 @@ resizes frames on a thread pool while the model runs, keeps up to ``batch_videos
 with its own recurrent state; when one ends the next takes its batch row), turns each frame's output into
 COCO RLE rows, and commits the shard (masks, videos, then the marker). A video that fails (undecodable
 frame, model error) becomes a ``failed`` row with its error; the rest of the shard still lands.
+
+Three kinds of threads overlap: decode threads (read, JPEG decode, resize), the shard's thread (only launches
+model steps; on a GPU it never waits for the device), and one post thread that turns each finished step into
+RLE rows (upsampling to the original size, overlap resolution and RLE, on the GPU when the model is there) and
+records finished videos, in order. On CUDA the model runs in bfloat16 with channels_last; environment knobs:
+``RVOS_BATCH_COMPILE`` (a torch.compile mode), ``RVOS_BATCH_AMP``, ``RVOS_BATCH_GPU_DECODE=1`` (nvJPEG).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,10 +32,13 @@ import torch
 
 from rvos_batch import imaging, maskstore, rle
 from rvos_batch.corpus import CorpusReader, FrameRecord, VideoEntry
+from rvos_batch.errors import RvosBatchError
 from rvos_batch.job.config import LabelConfig
+from rvos_batch.job.faults import fault_point
 from rvos_batch.job.plan import ShardSpec
 from rvos_batch.model.checkpoint import load_checkpoint
-from rvos_batch.predictor import BatchSession, FrameResult, PredictConfig, preprocess
+from rvos_batch.predictor import BatchSession, FrameRLE, PendingStep, PredictConfig, preprocess
+from rvos_batch.schema import MASK_SCHEMA
 from rvos_batch.zoo import resolve_model
 
 log = logging.getLogger(__name__)
@@ -109,41 +120,202 @@ class _FrameStream:
         self._thread.join(timeout=5)
 
 
+class _MaskRows:
+    """One video's mask rows as columns, appended frame by frame and turned into one Arrow table at the end
+    (one table per video instead of one per frame)."""
+
+    def __init__(self) -> None:
+        self.frame_index: list[np.ndarray] = []
+        self.object_id: list[np.ndarray] = []
+        self.height: list[np.ndarray] = []
+        self.width: list[np.ndarray] = []
+        self.counts: list[str] = []
+        self.area: list[np.ndarray] = []
+        self.bbox: list[np.ndarray] = []
+        self.score: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def add(self, r: FrameRLE) -> None:
+        k = len(r.object_ids)
+        if not k:
+            return
+        order = np.argsort(r.object_ids, kind="stable")
+        self.frame_index.append(np.full(k, r.frame_index, dtype=np.int32))
+        self.object_id.append(r.object_ids[order].astype(np.int32))
+        self.height.append(np.full(k, r.size[0], dtype=np.int32))
+        self.width.append(np.full(k, r.size[1], dtype=np.int32))
+        self.counts.extend(r.counts[i] for i in order)
+        self.area.append(r.areas[order].astype(np.int64))
+        self.bbox.append(r.boxes[order].astype(np.float32))
+        self.score.append(r.scores[order].astype(np.float32))
+
+    def table(self, video_id: str) -> pa.Table:
+        """The rows as a MASK_SCHEMA table (what ``maskstore.mask_table`` gives for the same masks)."""
+        n = len(self.counts)
+        if not n:
+            return maskstore.empty_mask_table()
+        boxes = np.concatenate(self.bbox).reshape(-1)
+        return pa.Table.from_arrays(
+            [
+                pa.array([video_id] * n, pa.string()),
+                pa.array(np.concatenate(self.frame_index)),
+                pa.array(np.concatenate(self.object_id)),
+                pa.array(np.concatenate(self.height)),
+                pa.array(np.concatenate(self.width)),
+                pa.array(self.counts, pa.string()),
+                pa.array(np.concatenate(self.area)),
+                pa.FixedSizeListArray.from_arrays(pa.array(boxes, pa.float32()), 4),
+                pa.array(np.concatenate(self.score)),
+            ],
+            schema=MASK_SCHEMA,
+        )
+
+
 @dataclass
 class _Video:
     entry: VideoEntry
     stream: _FrameStream
     started: float
-    tables: list[pa.Table] = field(default_factory=list)
-    frames: int = 0
+    stepped: int = 0  # frames sent to the model (main thread)
+    frames: int = 0  # frames whose masks are made (post thread)
     object_ids: set[int] = field(default_factory=set)
+    error: str | None = None  # set by the post thread when making a frame's masks failed
+    rows: _MaskRows = field(default_factory=_MaskRows)
+
+
+class _PostThread:
+    """Runs jobs in submission order on one thread, so that upsampling masks to the original size, RLE and
+    building rows overlap the next model steps. The bounded queue keeps at most ``depth`` jobs waiting; a job
+    that raises stops the thread's work and the error is raised in the submitting thread. ``depth=0`` runs each
+    job at once in the submitting thread (no overlap; for measuring what the overlap gains). ``busy_s`` adds up
+    the time spent in jobs."""
+
+    def __init__(self, depth: int) -> None:
+        self._q: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self.busy_s = 0.0
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="postprocess")
+            self._thread.start()
+
+    def _job(self, job: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        try:
+            job()
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def _run(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            if self._error is None:
+                try:
+                    self._job(job)
+                except BaseException as e:  # surfaced by submit() / drain() in the shard's thread
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._raise()
+        if self._thread is None:
+            self._job(job)
+        else:
+            self._q.put(job)
+
+    def drain(self) -> None:
+        """Wait until every submitted job ran, stop the thread, and raise a job's error if one failed."""
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+        self._raise()
+
+    def abandon(self) -> None:
+        """Stop without raising (the shard is failing anyway): jobs still queued are skipped."""
+        self._error = self._error or RuntimeError("abandoned")
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(timeout=30)
 
 
 class ShardWorker:
-    """Holds one model and processes shards; constructed once per actor (or in-process for benchmarks)."""
+    """Holds one model and processes shards; constructed once per actor (or in-process for benchmarks).
+
+    ``post_queue_steps``: steps whose masks may wait for the post thread (0: make masks inline, no overlap).
+    After each shard, ``last_timings`` holds where its wall time went (seconds): ``wait_frames`` (the model
+    thread waiting for decoded frames), ``model`` (launching/running steps), ``post_busy`` (the post thread
+    making masks, overlapped), ``post_wait`` (the model thread waiting for the post thread at the end),
+    ``commit`` and ``total``.
+    """
+
+    post_queue_steps = 2
 
     def __init__(self, config: LabelConfig, device: str | None = None) -> None:
         self.config = config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model_path = resolve_model(config.model)
+        model_path = resolve_model(config.model, config.mode)
         self.model, self.model_config, _ = load_checkpoint(model_path, map_location=self.device)
         self.model.eval()
-        self.predict_config = PredictConfig(threshold=config.threshold, min_area=config.min_area,
-                                            device=str(self.device))
+        if self.model_config.mode != config.mode:
+            raise RvosBatchError(
+                f"model {config.model!r} is a {self.model_config.mode} model; this run is --mode {config.mode}"
+            )
+        self.predict_config = speed_settings(
+            PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device))
+        )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
         self.pool = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
         h, w = self.model_config.input_size
         self._draft = (w, h)
+        self._device_decode = os.environ.get(GPU_DECODE_ENV, "0") == "1"
+        self.last_timings: dict[str, float] = {}
+        self._decode_streams = threading.local()
 
     # -- decode (runs on the pool) ------------------------------------------------------------------
     def _decode(self, record: FrameRecord) -> _Decoded:
+        if self._device_decode and _complete_jpeg(record.image):
+            try:
+                w0, h0 = imaging.image_size(record.image)  # header only: size and the pixel-bomb check
+                return _Decoded(record.frame_index, self._decode_on_device(record.image), (h0, w0))
+            except Exception:  # nvJPEG refuses some JPEGs (e.g. CMYK): PIL below decodes them or names the fault
+                pass
         try:
             w0, h0 = imaging.image_size(record.image)
             rgb = imaging.decode_image(record.image, draft=self._draft)
         except Exception as e:
             raise FrameError(record.frame_index, e) from e
         return _Decoded(record.frame_index, preprocess(rgb, self.model_config), (h0, w0))
+
+    def _decode_on_device(self, data: bytes) -> torch.Tensor:
+        """JPEG bytes -> uint8 (3, h, w) at the model input size, decoded and resized on the worker's device.
+
+        Runs on a decode thread, on that thread's own CUDA stream, and waits for that stream before returning:
+        the model's stream never waits on decoding, and no nvJPEG work is pending when the output's memory is
+        handed on (torchvision's decoder allocates on the caller's stream but decodes on its own).
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        if self.device.type != "cuda":
+            img = decode_jpeg(raw, mode=ImageReadMode.RGB)
+            return _resize_uint8(img, self.model_config.input_size)
+        stream = getattr(self._decode_streams, "stream", None)
+        if stream is None:
+            stream = self._decode_streams.stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(stream):
+            img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            x = _resize_uint8(img, self.model_config.input_size)
+        stream.synchronize()
+        x.record_stream(torch.cuda.default_stream(self.device))  # used and freed on the model's stream
+        return x
 
     # -- prompts --------------------------------------------------------------------------------------
     def _load_prompts(self, spec: ShardSpec) -> dict[str, dict[int, dict[int, np.ndarray]]]:
@@ -163,28 +335,23 @@ class ShardWorker:
     # -- the shard --------------------------------------------------------------------------------------
     def process_shard(self, spec: ShardSpec, progress: ProgressFn | None = None, commit: bool = True) -> ShardResult:
         t0 = time.perf_counter()
+        fault_point("shard_start", spec.shard_id)
         prompts = self._load_prompts(spec)
         session = BatchSession(self.model, self.predict_config, capacity=self.config.batch_videos)
         pending: Iterator[VideoEntry] = iter(spec.videos)
         rows: dict[int, _Video] = {}
-        video_rows: list[dict[str, Any]] = []
+        video_rows: list[dict[str, Any]] = []  # appended by the post thread, read after drain()
         mask_tables: list[pa.Table] = []
         frames_done = 0
+        post = _PostThread(self.post_queue_steps)
+        timings = dict.fromkeys(("wait_frames", "model", "post_busy", "post_wait", "commit", "total"), 0.0)
+        self.last_timings = timings
 
         def finish(row: int, error: str | None) -> None:
             v = rows.pop(row)
             v.stream.close()
             session.release(row)
-            if error is None:
-                mask_tables.extend(v.tables)
-            video_rows.append({
-                "video_id": v.entry.video_id, "num_frames": v.frames,
-                "num_objects": len(v.object_ids) if error is None else 0,
-                "status": "ok" if error is None else "failed", "error": error,
-                "seconds": time.perf_counter() - v.started,
-            })
-            if error is not None:
-                log.warning("video %s failed: %s", v.entry.video_id, error)
+            post.submit(lambda: self._finish_video(v, error, video_rows, mask_tables))
 
         try:
             while True:
@@ -200,6 +367,7 @@ class ShardWorker:
                     break
                 # one frame per active row
                 inputs: dict[int, tuple[int, torch.Tensor, tuple[int, int]]] = {}
+                t_wait = time.perf_counter()
                 for row in list(rows):
                     v = rows[row]
                     try:
@@ -208,43 +376,88 @@ class ShardWorker:
                         finish(row, _describe(e))
                         continue
                     if item is None:
-                        if v.frames == 0:
-                            finish(row, "video has no frames")
-                        else:
-                            finish(row, None)
+                        finish(row, "video has no frames" if v.stepped == 0 else None)
                         continue
                     inputs[row] = (item.frame_index, item.tensor, item.orig_size)
+                t_model = time.perf_counter()
+                timings["wait_frames"] += t_model - t_wait
                 if not inputs:
                     continue
-                results = self._step(session, inputs, rows, finish)
-                for row, res in results.items():
-                    v = rows[row]
-                    v.frames += 1
-                    v.object_ids.update(int(i) for i in res.object_ids)
-                    if len(res.object_ids):
-                        v.tables.append(maskstore.mask_table(v.entry.video_id, res.frame_index, res.object_ids,
-                                                             res.masks, res.scores))
-                frames_done += len(results)
-                if frames_done // TRIM_EVERY_FRAMES != (frames_done - len(results)) // TRIM_EVERY_FRAMES:
+                stepped = 0
+                steps = self._step(session, inputs, finish)
+                timings["model"] += time.perf_counter() - t_model
+                for step in steps:
+                    videos = {row: rows[row] for row in step.rows}
+                    for v in videos.values():
+                        v.stepped += 1
+                    stepped += len(videos)
+                    # masks are made on the post thread while this thread runs the next step
+                    post.submit(functools.partial(self._collect, step, videos, progress))
+                frames_done += stepped
+                fault_point("frame", spec.shard_id, frames_done)
+                if frames_done // TRIM_EVERY_FRAMES != (frames_done - stepped) // TRIM_EVERY_FRAMES:
                     release_freed_memory()
-                if progress is not None and results:
-                    progress(len(results))
+            t_drain = time.perf_counter()
+            post.drain()
+            timings["post_wait"] = time.perf_counter() - t_drain
+        except BaseException:
+            post.abandon()
+            raise
         finally:
             for row in list(rows):
                 rows[row].stream.close()
 
         masks = pa.concat_tables(mask_tables) if mask_tables else maskstore.empty_mask_table()
-        videos = maskstore.video_table(video_rows)
+        videos_table = maskstore.video_table(video_rows)
         seconds = time.perf_counter() - t0
         failed = tuple((r["video_id"], r["error"]) for r in video_rows if r["status"] != "ok")
-        result = ShardResult(spec.shard_id, len(video_rows) - len(failed), len(failed), frames_done,
+        frames_ok = sum(r["num_frames"] for r in video_rows)
+        result = ShardResult(spec.shard_id, len(video_rows) - len(failed), len(failed), frames_ok,
                              masks.num_rows, seconds, failed)
+        timings["post_busy"] = post.busy_s
         if commit:
-            self.store.commit_shard(spec.shard_id, masks, videos, {
+            t_commit = time.perf_counter()
+            self.store.commit_shard(spec.shard_id, masks, videos_table, {
                 "videos_ok": result.videos_ok, "videos_failed": result.videos_failed,
                 "frames": result.frames, "masks": result.masks, "seconds": round(seconds, 3),
             })
+            timings["commit"] = time.perf_counter() - t_commit
+        timings["total"] = time.perf_counter() - t0
         return result
+
+    # -- post thread jobs -------------------------------------------------------------------------------
+    @staticmethod
+    def _collect(step: PendingStep, videos: dict[int, _Video], progress: ProgressFn | None) -> None:
+        """Masks of one step as RLE rows of each video (post thread)."""
+        try:
+            out = step.rles()
+        except Exception as e:
+            for v in videos.values():
+                v.error = v.error or f"making masks failed: {_describe(e)}"
+            return
+        for row, r in out.items():
+            v = videos[row]
+            v.frames += 1
+            v.object_ids.update(int(i) for i in r.object_ids)
+            v.rows.add(r)
+        if progress is not None and out:
+            progress(len(out))
+
+    @staticmethod
+    def _finish_video(v: _Video, error: str | None, video_rows: list[dict[str, Any]],
+                      mask_tables: list[pa.Table]) -> None:
+        """A video's row and, if it succeeded, its masks (post thread, after all of its frames)."""
+        error = error or v.error
+        if error is None and len(v.rows):
+            mask_tables.append(v.rows.table(v.entry.video_id))
+        video_rows.append({
+            "video_id": v.entry.video_id, "num_frames": v.frames,
+            "num_objects": len(v.object_ids) if error is None else 0,
+            "status": "ok" if error is None else "failed", "error": error,
+            "seconds": time.perf_counter() - v.started,
+        })
+        if error is not None:
+            log.warning("video %s failed: %s", v.entry.video_id, error)
 
     def _start_video(self, session: BatchSession, rows: dict[int, _Video], row: int, entry: VideoEntry,
                      prompts: dict[int, dict[int, np.ndarray]] | None) -> None:
@@ -255,25 +468,60 @@ class ShardWorker:
         rows[row] = _Video(entry, stream, time.perf_counter())
 
     def _step(self, session: BatchSession, inputs: dict[int, tuple[int, torch.Tensor, tuple[int, int]]],
-              rows: dict[int, _Video], finish: Callable[[int, str | None], None]) -> dict[int, FrameResult]:
+              finish: Callable[[int, str | None], None]) -> list[PendingStep]:
         """Step all rows at once; if that fails, step them one by one so only the faulty video fails."""
         try:
-            return session.step(inputs)
+            return [session.step_async(inputs)]
         except Exception:
             if len(inputs) == 1:
                 row = next(iter(inputs))
                 finish(row, f"model failed at frame {inputs[row][0]}: {_describe_current()}")
-                return {}
-        results: dict[int, FrameResult] = {}
+                return []
+        steps: list[PendingStep] = []
         for row, item in inputs.items():
             try:
-                results.update(session.step({row: item}))
+                steps.append(session.step_async({row: item}))
             except Exception as e:
                 finish(row, f"model failed at frame {item[0]}: {_describe(e)}")
-        return results
+        return steps
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+GPU_DECODE_ENV = "RVOS_BATCH_GPU_DECODE"  # "1": decode JPEGs with nvJPEG on the worker's GPU (default: PIL, threads)
+COMPILE_ENV = "RVOS_BATCH_COMPILE"  # a torch.compile mode for the model on CUDA, e.g. "default"
+AMP_ENV = "RVOS_BATCH_AMP"  # "float32" turns bfloat16 autocast off on CUDA
+
+
+def speed_settings(base: PredictConfig) -> PredictConfig:
+    """``base`` with the fast settings for its device (:meth:`PredictConfig.for_device`) and the environment's
+    choices: ``RVOS_BATCH_COMPILE`` (a compile mode; CUDA only, as compiling on a CPU worker costs more than it
+    saves on short shards) and ``RVOS_BATCH_AMP`` ("float32", "bfloat16", "float16")."""
+    overrides: dict[str, Any] = {}
+    cuda = torch.device(base.device).type == "cuda"
+    mode = os.environ.get(COMPILE_ENV, "").strip()
+    if mode and cuda:
+        overrides["compile"] = mode
+    amp = os.environ.get(AMP_ENV, "").strip()
+    if amp:
+        overrides["amp_dtype"] = None if amp == "float32" else amp
+    return PredictConfig.for_device(base.device, threshold=base.threshold, min_area=base.min_area,
+                                    max_batch_videos=base.max_batch_videos, **overrides)
+
+
+def _complete_jpeg(data: bytes) -> bool:
+    """A JPEG that starts with SOI and ends with EOI (a truncated file goes to PIL, which reports it)."""
+    return data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+
+
+def _resize_uint8(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (3, H0, W0) -> uint8 (3, h, w), antialiased bilinear like :func:`preprocess`, on img's device."""
+    if tuple(img.shape[1:]) == tuple(size):
+        return img.contiguous()
+    x = torch.nn.functional.interpolate(img[None].float(), size=size, mode="bilinear", align_corners=False,
+                                        antialias=True)
+    return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
 TRIM_EVERY_FRAMES = 128
@@ -318,3 +566,20 @@ def _describe_current() -> str:
 
     e = sys.exc_info()[1]
     return _describe(e) if e is not None else "unknown error"
+
+
+def run_in_process(config: LabelConfig, progress: ProgressFn | None = None) -> list[ShardResult]:
+    """Label a whole corpus in this process, shard after shard, with the same worker the Ray actors use.
+
+    For machines without Ray (a GPU box measured in-process) and for evaluation scripts. Already committed
+    shards are skipped, so it resumes like the Ray job; it takes no lock and writes no run.json.
+    """
+    from rvos_batch.job.plan import plan_shards
+
+    worker = ShardWorker(config)
+    try:
+        done = worker.store.committed_shards()
+        shards = plan_shards(worker.reader.list_videos(), config.videos_per_shard)
+        return [worker.process_shard(s, progress=progress) for s in shards if s.shard_id not in done]
+    finally:
+        worker.close()
