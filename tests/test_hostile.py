@@ -373,9 +373,6 @@ def test_wrong_size_prompt_fails_its_video_only(tmp_path: Path, one_shot: tuple[
     assert "'bad'" in rows["bad"][1] and "(7, 5)" in rows["bad"][1]
 
 
-@pytest.mark.xfail(strict=True, reason="rvos_batch/job/worker.py _load_prompts decodes every prompt RLE with no "
-                   "per-video guard: one malformed row raises RLEError for the whole shard (fix described in the "
-                   "issue-6 report); remove this marker once it fails only its video")
 def test_malformed_prompt_fails_its_video_only(tmp_path: Path, one_shot: tuple[str, str]) -> None:
     m = np.zeros((1, *SIZE), bool)
     m[0, :5, :5] = True

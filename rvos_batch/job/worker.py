@@ -31,8 +31,8 @@ import pyarrow as pa
 import torch
 
 from rvos_batch import imaging, maskstore, rle
-from rvos_batch.corpus import CorpusReader, FrameRecord, VideoEntry
-from rvos_batch.errors import RvosBatchError
+from rvos_batch.corpus import CorpusReader, CorpusReadError, FrameRecord, VideoEntry
+from rvos_batch.errors import RLEError, RvosBatchError
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.faults import fault_point
 from rvos_batch.job.plan import ShardSpec
@@ -318,25 +318,32 @@ class ShardWorker:
         return x
 
     # -- prompts --------------------------------------------------------------------------------------
-    def _load_prompts(self, spec: ShardSpec) -> dict[str, dict[int, dict[int, np.ndarray]]]:
-        """Given masks for the shard's videos: video -> frame_index -> object_id -> bool mask."""
+    def _load_prompts(self, spec: ShardSpec) -> tuple[dict[str, dict[int, dict[int, np.ndarray]]], dict[str, str]]:
+        """Given masks for the shard's videos: video -> frame_index -> object_id -> bool mask, and per video the
+        error of a prompt that could not be decoded (that video fails; the others run)."""
         url = self.config.prompts_url
         if url is None:
-            return {}
+            return {}, {}
         ids = [v.video_id for v in spec.videos]
         table = maskstore.read_mask_dataset(url, storage_options=self.config.storage_options,
                                             filter=pa.compute.field("video_id").isin(ids))
         out: dict[str, dict[int, dict[int, np.ndarray]]] = {}
+        bad: dict[str, str] = {}
         for row in table.to_pylist():
-            mask = rle.decode({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
-            out.setdefault(row["video_id"], {}).setdefault(row["frame_index"], {})[row["object_id"]] = mask
-        return out
+            vid, frame, obj = row["video_id"], row["frame_index"], row["object_id"]
+            try:
+                mask = rle.decode({"size": [row["height"], row["width"]], "counts": row["rle_counts"]})
+            except RLEError as e:
+                bad.setdefault(vid, f"prompt of object {obj} at frame {frame}: {e}")
+                continue
+            out.setdefault(vid, {}).setdefault(frame, {})[obj] = mask
+        return out, bad
 
     # -- the shard --------------------------------------------------------------------------------------
     def process_shard(self, spec: ShardSpec, progress: ProgressFn | None = None, commit: bool = True) -> ShardResult:
         t0 = time.perf_counter()
         fault_point("shard_start", spec.shard_id)
-        prompts = self._load_prompts(spec)
+        prompts, bad_prompts = self._load_prompts(spec)
         session = BatchSession(self.model, self.predict_config, capacity=self.config.batch_videos)
         pending: Iterator[VideoEntry] = iter(spec.videos)
         rows: dict[int, _Video] = {}
@@ -363,6 +370,8 @@ class ShardWorker:
                     if entry is None:
                         break
                     self._start_video(session, rows, row, entry, prompts.get(entry.video_id))
+                    if entry.video_id in bad_prompts:
+                        finish(row, bad_prompts[entry.video_id])
                 if not rows:
                     break
                 # one frame per active row
@@ -372,6 +381,11 @@ class ShardWorker:
                     v = rows[row]
                     try:
                         item = v.stream.next()
+                    except CorpusReadError as e:
+                        if e.transient:  # the store failed, not the video: fail the shard so it is retried
+                            raise
+                        finish(row, _describe(e))
+                        continue
                     except Exception as e:
                         finish(row, _describe(e))
                         continue
