@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from jobkit import REPO, cli, frame_jpeg, make_corpus, tiny_model
+from jobkit import cli, frame_jpeg, make_corpus, tiny_model
 
 from rvos_batch.corpus import CorpusReader, CorpusWriter
 from rvos_batch.errors import MaskStoreError
@@ -220,46 +220,6 @@ def test_actor_killed_mid_shard(tmp_path, model_path, reference_run):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, stderr[-3000:]
     assert assert_exactly_once(out, ids).equals(reference)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ray_job_submit_to_a_started_cluster(tmp_path, model_path):
-    """`ray start --head`, then the job sent with `ray job submit`, as users run it."""
-    bindir = Path(sys.executable).parent
-    ray_bin = str(bindir / "ray")
-    corpus = str(tmp_path / "corpus")
-    ids = make_corpus(corpus, [4, 5, 3, 6], videos_per_file=2)
-    out = str(tmp_path / "out")
-    port, dash = _free_port(), _free_port()
-    # token authentication on, for the cluster and the client alike (the token lives in ~/.ray/auth_token)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
-    import tempfile
-
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # unix socket paths must stay under 107 bytes
-    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2",
-                            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                            f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=180)
-    assert start.returncode == 0, start.stderr[-3000:]
-    try:
-        r = subprocess.run(
-            [ray_bin, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--", sys.executable,
-             str(REPO / "jobs" / "label_corpus.py"), corpus, out, "--model", model_path,
-             "--videos-per-shard", "2", "--num-actors", "2", "--no-preview"],
-            capture_output=True, text=True, env=env, timeout=400, cwd=str(tmp_path),
-        )
-        assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-        assert "succeeded" in (r.stdout + r.stderr)
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
-    assert_exactly_once(out, ids)
 
 
 MEMORY_PROBE = r"""
