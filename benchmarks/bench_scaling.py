@@ -152,11 +152,13 @@ def marginal_driver_cost(root: Path, model_path: str, counts_: tuple[int, int]) 
     for n in counts_:
         corpus = str(root / f"small{n}")
         small_corpus(corpus, [2] * n, videos_per_file=8, size=(60, 90), prefix="s")
-        cfg = LabelConfig(corpus=corpus, out=str(root / f"small-out{n}"), model=model_path, videos_per_shard=1,
-                          num_actors=2, cpus_per_actor=1.0, batch_videos=1)
-        r = run(cfg)
-        out[f"cpu{n}"], out[f"wall{n}"] = r["driver_cpu"], r["wall"]
-        print(f"{n} one-video shards: driver CPU {r['driver_cpu']:.2f} s, wall {r['wall']:.1f} s", flush=True)
+        for attempt in range(2):  # the less disturbed of two runs
+            cfg = LabelConfig(corpus=corpus, out=str(root / f"small-out{n}-{attempt}"), model=model_path,
+                              videos_per_shard=1, num_actors=2, cpus_per_actor=1.0, batch_videos=1)
+            r = run(cfg)
+            if attempt == 0 or r["driver_cpu"] < out[f"cpu{n}"]:
+                out[f"cpu{n}"], out[f"wall{n}"] = r["driver_cpu"], r["wall"]
+            print(f"{n} one-video shards: driver CPU {r['driver_cpu']:.2f} s, wall {r['wall']:.1f} s", flush=True)
     a, b = counts_
     out["per_shard"] = (out[f"cpu{b}"] - out[f"cpu{a}"]) / (b - a)
     return out
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--frames-per-video", type=float, default=100.0, help="mean video length for the extrapolation")
     p.add_argument("--gpu-fps", type=float, default=1000.0,
                    help="frames/s per GPU for the extrapolation (the issue's target; not measured here)")
-    p.add_argument("--small-shards", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8, 48),
+    p.add_argument("--small-shards", type=lambda t: tuple(int(x) for x in t.split(",")), default=(8, 128),
                    help="shard counts of the two one-video-shard jobs that give the driver's cost per shard")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
@@ -285,16 +287,21 @@ def report(args: argparse.Namespace, host: str, corpus_desc: str, model_desc: st
     one, two = runs.get(1), runs.get(2)
     if one and two:
         speedup = two["frames"] / two["wall"] / (one["frames"] / one["wall"])
-        lines += ["", f"- 2 actors / 1 actor, wall frames/s: {speedup:.2f}x "
-                  "on this machine, whose 2 cores are shared with two model trainings at normal priority (the "
-                  "benchmark runs at nice 19), so a second actor mostly competes for the same cores; what scales "
-                  "is set by free cores or GPUs, not by the driver (next rows)."]
+        busy = two["shard_seconds"] / two["wall"]
+        lines += ["", f"- 2 actors / 1 actor: {speedup:.2f}x the wall-clock frames/s. On average {busy:.2f} of the "
+                  "2 actors were inside a shard (the rest of the wall time is their start-up in Ray and the tail "
+                  "of the last shard), and each ran slower than the single actor "
+                  f"({two['frames'] / two['shard_seconds']:.1f} against {one['frames'] / one['shard_seconds']:.1f} "
+                  "frames/s of shard time): the machine has 2 cores shared with other jobs (load in the machine "
+                  "line), and the driver, Ray and the decode threads share them too. The driver itself is not the "
+                  "limit (next rows)."]
     lines += ["", "Driver steps outside its loop, timed alone (best of 3; local corpus / moto S3):", "",
               "| step | local (ms) | S3, moto on localhost (ms) |", "|---|---:|---:|"]
     for k in ("list_videos", "plan_shards", "model_sha256", "committed_shards"):
         lines.append(f"| {k} | {local_fixed[k] * 1e3:.1f} | {s3_fixed[k] * 1e3:.1f} |")
     a, b = args.small_shards
     lines += ["", f"- Driver CPU per shard, marginal: jobs of {a} and {b} one-video shards (2 actors) took "
+              "(the less disturbed of two runs each) "
               f"{marginal[f'cpu{a}']:.2f} s and {marginal[f'cpu{b}']:.2f} s of driver CPU "
               f"(wall {marginal[f'wall{a}']:.1f} s and {marginal[f'wall{b}']:.1f} s): "
               f"**{marginal['per_shard'] * 1e3:.1f} ms per shard** (dispatch, streamed progress, result). "
