@@ -373,21 +373,8 @@ class MaskStore:
 
     def _put_data(self, kind: str, name: str, rel: str, data: bytes) -> None:
         final = self._path(rel)
-        if storage.is_local(self.fs):
-            folder = self._path(kind)
-            os.makedirs(folder, exist_ok=True)
-            tmp = posixpath.join(folder, f"_tmp-{name}-{uuid.uuid4().hex}.parquet")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
-            self.fs.pipe_file(final, data)  # one PUT: atomic on S3, no temporary key needed
+        # locally a temporary sibling then a rename; on S3 one PUT, atomic, no temporary key needed
+        storage.write_bytes_atomic(self.fs, final, data, tmp_name=f"_tmp-{name}-{uuid.uuid4().hex}.parquet")
 
     def failed_shard(self, shard_id: int, error: str, attempts: int | None = None) -> dict[str, Any]:
         """Record that shard ``shard_id`` failed in ``_failed/shard-XXXXX.json``; a later commit removes it.

@@ -81,20 +81,25 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/") if base not in ("/", "") else base, *parts)
 
 
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, tmp_name: str | None = None) -> None:
     """Write ``data`` so a reader sees the old object or the whole new one, never a part.
 
-    Local: write a temporary sibling, fsync, rename. Object stores: a single PUT is already atomic.
+    Local: write a temporary sibling (``tmp_name``, default ``.tmp-<uuid>-<name>``), fsync, rename; the temporary
+    is removed if anything fails. Object stores: a single PUT is already atomic.
     """
     if is_local(fs):
         parent = posixpath.dirname(path)
         os.makedirs(parent, exist_ok=True)
-        tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = posixpath.join(parent, tmp_name or f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     else:
         fs.pipe_file(path, data)
 
