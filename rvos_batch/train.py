@@ -54,6 +54,7 @@ class TrainConfig:
     iters: int = 10_000
     lr: float = 1e-3
     lr_encoder: float = 1e-6
+    lr_schedule: str = "constant"  # "constant" (the paper) or "cosine" (decay to 0 at ``iters``)
     weight_decay: float = 1e-6
     train_split: str | None = "train"
     val_split: str | None = "val"
@@ -70,6 +71,19 @@ class TrainConfig:
             raise RvosBatchError(f"--stage must be 1 or 2, got {self.stage}")
         if self.stage == 2 and self.mode != "one-shot":
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise RvosBatchError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, iters: int) -> float:
+    """Multiplier of the base learning rates at ``step`` (0-based) of ``iters``; a function of the step alone,
+    so a resumed training continues the same schedule."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, iters) / max(iters, 1)))
+    return 1.0
 
 
 def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
@@ -261,7 +275,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         bar = tqdm(range(start, cfg.iters), initial=start, total=cfg.iters, desc=f"train {cfg.mode}",
                    disable=not progress, dynamic_ncols=True)
         running = None
+        base_lrs = [g["lr"] for g in _param_groups(model, cfg)]
         for step in bar:
+            for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                group["lr"] = base * lr_factor(cfg.lr_schedule, step, cfg.iters)
             items = [data[step * cfg.batch_size + i] for i in range(cfg.batch_size)]
             batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
             loss = clip_loss(model, batch, cfg)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from rvos_batch.errors import RvosBatchError
 from rvos_batch.imaging import encode_palette_png
 from rvos_batch.model.checkpoint import load_checkpoint
-from rvos_batch.train import TrainConfig, match_slots, one_shot_inputs, soft_iou_loss, train
+from rvos_batch.train import TrainConfig, lr_factor, match_slots, one_shot_inputs, soft_iou_loss, train
 
 
 def _make_davis(root, videos=3, frames=6, size=(48, 80)):
@@ -139,3 +140,20 @@ def test_one_shot_inputs_stages():
     given, valid, counted = one_shot_inputs(masks, present, stage=2)
     assert valid[0].tolist() == [[True, False], [False, True], [False, False]]
     assert counted[0].tolist() == [[True, False], [True, True], [True, True]]
+
+
+def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(tmp_path):
+    assert lr_factor("constant", 7, 10) == 1.0
+    assert lr_factor("cosine", 0, 10) == 1.0
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 10, 10) == pytest.approx(0.0, abs=1e-12)
+    data = _make_davis(tmp_path / "davis")
+    out = tmp_path / "run"
+    cfg = _cfg(data, out, iters=4, lr=1e-3, lr_encoder=1e-4, lr_schedule="cosine")
+    train(cfg, progress=False)
+    _, _, extra = load_checkpoint(out / "last.pt")
+    lrs = sorted(g["lr"] for g in extra["optimizer"]["param_groups"])
+    # the last step (index 3 of 4) ran at factor lr_factor(3, 4)
+    assert lrs == pytest.approx([1e-4 * lr_factor("cosine", 3, 4), 1e-3 * lr_factor("cosine", 3, 4)])
+    with pytest.raises(RvosBatchError, match="--lr-schedule must be one of"):
+        _cfg(data, out, lr_schedule="step")

@@ -40,6 +40,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=10_000)
     p.add_argument("--lr", type=float, default=1e-3, help="decoder and projections")
     p.add_argument("--lr-encoder", type=float, default=1e-6, help="backbone")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (the paper) or cosine decay to 0 at --iters")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--val-split", default="val")
     p.add_argument("--train-split", default="train")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
         recurrence=args.recurrence, hidden=args.hidden, num_slots=args.slots, input_size=args.input_size,
         clip_len=args.clip_len, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
-        lr_encoder=args.lr_encoder, val_every=args.val_every, val_split=args.val_split,
+        lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
         train_split=args.train_split, seed=args.seed, threads=args.threads,
     )
     print(json.dumps(train(cfg)))
