@@ -551,7 +551,14 @@ def resolve_masks(
     probs: Tensor, reportable: Tensor, size: tuple[int, int], threshold: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Batched core of :func:`postprocess`: probs (g, n, h, w), reportable (g, n) bool -> masks (g, n, H0, W0)
-    bool (disjoint per row), area (g, n) int64, score (g, n) float (mean probability inside each mask)."""
+    bool (disjoint per row), area (g, n) int64, score (g, n) float (mean probability inside each mask).
+
+    A pixel takes the slot with the highest bilinearly upsampled probability among those above ``threshold``
+    (the lower slot on a tie). On CUDA all slots are upsampled at full size; on the CPU only where a slot can
+    pass the threshold (:func:`_resolve_masks_cropped`), which gives the same masks.
+    """
+    if probs.device.type == "cpu":
+        return _resolve_masks_cropped(probs, reportable, size, threshold)
     g, n = probs.shape[:2]
     # Slots not yet started never win a pixel. Zeroing them before upsampling is exact (bilinear weights are
     # per channel) and touches 4-8x fewer values than zeroing after.
@@ -560,14 +567,107 @@ def resolve_masks(
     best_p, best = full.max(dim=1)  # (g, H0, W0) each
     label = torch.where(best_p > threshold, best, n)  # slot index, n = background
     masks = label[:, None] == torch.arange(n, device=full.device)[None, :, None, None]  # (g, n, H0, W0), disjoint
-    if full.device.type == "cpu":  # one pass over the label map instead of n passes over the masks
-        flat = label.view(g, -1)
-        area = torch.zeros(g, n + 1, dtype=torch.int64).scatter_add_(1, flat, torch.ones_like(flat))[:, :n]
-        total = torch.zeros(g, n + 1, dtype=full.dtype).scatter_add_(1, flat, best_p.view(g, -1))[:, :n]
-    else:  # CUDA: dense reductions are cheap there and, unlike scatter_add, deterministic
-        area = masks.sum(dim=(2, 3))
-        total = (full * masks).sum(dim=(2, 3))
+    area = masks.sum(dim=(2, 3))  # dense reductions are cheap on the GPU and, unlike scatter_add, deterministic
+    total = (full * masks).sum(dim=(2, 3))
     return masks, area, total / area.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """Bilinear (align_corners=False) resampling of one axis from ``n_in`` to ``n_out`` samples, as
+    F.interpolate computes it: output i reads inputs lo[i] and hi[i] with weights w_lo[i] and w_hi[i]."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    w_lo: np.ndarray
+    w_hi: np.ndarray
+
+    @classmethod
+    def make(cls, n_in: int, n_out: int) -> _Axis:
+        # torch's float32 arithmetic, whose kernels fuse scale * (i + 0.5) - 0.5 into one rounding (an FMA):
+        # the float64 product of two float32 numbers is exact, so rounding it once to float32 does the same
+        scale = np.float64(np.float32(n_in) / np.float32(n_out))
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0).astype(np.float32)
+        lo = np.minimum(src.astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = np.clip(src - lo.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+        return cls(lo, hi, (np.float32(1) - frac).astype(np.float32), frac)
+
+    def span(self, first: int, last: int) -> tuple[int, int]:
+        """The outputs [a, b) that read any input in [first, last]; all others read only inputs outside it."""
+        touch = ((self.lo >= first) & (self.lo <= last)) | ((self.hi >= first) & (self.hi <= last))
+        idx = np.flatnonzero(touch)
+        return int(idx[0]), int(idx[-1]) + 1
+
+
+_AXES: dict[tuple[int, int], _Axis] = {}
+
+
+def _axis(n_in: int, n_out: int) -> _Axis:
+    key = (n_in, n_out)
+    ax = _AXES.get(key)
+    if ax is None:
+        ax = _AXES[key] = _Axis.make(n_in, n_out)
+    return ax
+
+
+def _lerp(a: np.ndarray, w_a: np.ndarray, b: np.ndarray, w_b: np.ndarray) -> np.ndarray:
+    """float32 a * w_a + b * w_b rounded as torch's AVX2 bilinear kernel mostly does: b * w_b first, then one
+    fused multiply-add (float64 holds the exact product of two float32 numbers). With width resampled first, then
+    height, as there, this matches F.interpolate on nearly every pixel; elsewhere it differs by one float32 ulp,
+    which can only move a pixel between two slots tied to the last bit."""
+    return (a.astype(np.float64) * w_a + (b * w_b).astype(np.float64)).astype(np.float32)
+
+
+def _resolve_masks_cropped(
+    probs: Tensor, reportable: Tensor, size: tuple[int, int], threshold: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CPU :func:`resolve_masks` that upsamples each slot only inside the box where it can pass ``threshold``.
+
+    A bilinear value is a convex combination of the (up to) four inputs it reads, so it can exceed the threshold
+    only where one of them does: outside the box of a slot's inputs above the threshold (grown by the outputs that
+    read them), the slot is background. Objects cover a small part of most frames, so this upsamples a few percent
+    of what full-size upsampling of every slot does, and slots that pass nowhere are never upsampled.
+    """
+    g, n, h, w = probs.shape
+    h0, w0 = size
+    ay, ax = _axis(h, h0), _axis(w, w0)
+    low_all = probs.detach().float().numpy()
+    rep = reportable.cpu().numpy()
+    masks = np.zeros((g, n, h0, w0), dtype=bool)
+    area = np.zeros((g, n), dtype=np.int64)
+    total = np.zeros((g, n), dtype=np.float64)
+    thr = np.float32(threshold)
+    for i in range(g):
+        above = (low_all[i] > thr) & rep[i][:, None, None]  # (n, h, w)
+        slots = np.flatnonzero(above.any(axis=(1, 2)))
+        if not len(slots):
+            continue
+        best_p = np.full((h0, w0), thr, dtype=np.float32)
+        label = np.full((h0, w0), n, dtype=np.int16)
+        crops: list[tuple[int, int, int, int, int, np.ndarray]] = []
+        for k in slots:
+            rows = np.flatnonzero(above[k].any(axis=1))
+            cols = np.flatnonzero(above[k].any(axis=0))
+            y0, y1 = ay.span(int(rows[0]), int(rows[-1]))
+            x0, x1 = ax.span(int(cols[0]), int(cols[-1]))
+            r_lo, r_hi = int(ay.lo[y0]), int(ay.hi[y1 - 1]) + 1  # the input rows and columns the crop reads
+            c_lo, c_hi = int(ax.lo[x0]), int(ax.hi[x1 - 1]) + 1
+            low = low_all[i, k, r_lo:r_hi, c_lo:c_hi]
+            across = _lerp(low[:, ax.lo[x0:x1] - c_lo], ax.w_lo[x0:x1], low[:, ax.hi[x0:x1] - c_lo], ax.w_hi[x0:x1])
+            up = _lerp(across[ay.lo[y0:y1] - r_lo], ay.w_lo[y0:y1, None],
+                       across[ay.hi[y0:y1] - r_lo], ay.w_hi[y0:y1, None])
+            win = up > best_p[y0:y1, x0:x1]  # strict: on a tie the earlier (lower) slot keeps the pixel
+            best_p[y0:y1, x0:x1][win] = up[win]
+            label[y0:y1, x0:x1][win] = k
+            crops.append((int(k), y0, y1, x0, x1, up))
+        for k, y0, y1, x0, x1, up in crops:  # final owners: only now are all overlaps resolved
+            m = label[y0:y1, x0:x1] == k
+            masks[i, k, y0:y1, x0:x1] = m
+            area[i, k] = int(m.sum())
+            total[i, k] = float(up[m].sum(dtype=np.float64))
+    score = torch.from_numpy((total / np.maximum(area, 1)).astype(np.float32))
+    return torch.from_numpy(masks), torch.from_numpy(area), score
 
 
 def _merge_rows(old: RVOSState, new: RVOSState, present: Tensor) -> RVOSState:
