@@ -661,11 +661,11 @@ def _resolve_masks_cropped(
             best_p[y0:y1, x0:x1][win] = up[win]
             label[y0:y1, x0:x1][win] = k
             crops.append((int(k), y0, y1, x0, x1, up))
-        for k, y0, y1, x0, x1, up in crops:  # final owners: only now are all overlaps resolved
-            m = label[y0:y1, x0:x1] == k
-            masks[i, k, y0:y1, x0:x1] = m
-            area[i, k] = int(m.sum())
-            total[i, k] = float(up[m].sum(dtype=np.float64))
+        for slot, y0, y1, x0, x1, up in crops:  # final owners: only now are all overlaps resolved
+            m = label[y0:y1, x0:x1] == slot
+            masks[i, slot, y0:y1, x0:x1] = m
+            area[i, slot] = int(m.sum())
+            total[i, slot] = float(up[m].sum(dtype=np.float64))
     score = torch.from_numpy((total / np.maximum(area, 1)).astype(np.float32))
     return torch.from_numpy(masks), torch.from_numpy(area), score
 
