@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rvos_batch import storage
 from rvos_batch.errors import CorpusError
 from rvos_batch.schema import FRAME_REQUIRED, FRAME_ROW_GROUP_ROWS, FRAME_SCHEMA, check_schema
 from rvos_batch.storage import get_fs, is_local, join
@@ -186,12 +187,15 @@ class CorpusReader:
     def list_videos(self) -> list[VideoEntry]:
         """Every video, in file order then row order, after validating the layout contract.
 
-        Reads only the small columns (video_id, frame_index, width, height), never the images.
+        Reads only the small columns (video_id, frame_index, width, height), never the images, of many files at
+        once (``storage.parallel_map``).
         """
         entries: list[VideoEntry] = []
         seen: dict[str, str] = {}  # video_id -> file
-        for file in self.files:
-            for entry in self._scan_file(file):
+        files = self.files
+        scanned = storage.parallel_map(self.fs, self._scan_file, files)  # many footers in flight at once
+        for file, file_entries in zip(files, scanned, strict=True):
+            for entry in file_entries:
                 if entry.video_id in seen:
                     raise CorpusError(
                         f"video {entry.video_id!r} appears in two files: {seen[entry.video_id]} and {file}; "

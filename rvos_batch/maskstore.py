@@ -524,22 +524,26 @@ class MaskStore:
     # -- reading state -----------------------------------------------------------------------------------
 
     def _read_records(self, folder: str) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
+        names: dict[int, str] = {}
         for base in _list_names(self.fs, self._path(folder)):
             m = SHARD_FILE_RE.match(base)
-            if not m or m.group(2) != "json":
-                continue
-            path = self._path(folder, base)
+            if m and m.group(2) == "json":
+                names[int(m.group(1))] = base
+
+        def read(base: str) -> dict[str, Any] | None:
             try:
-                record = storage.read_json(self.fs, path)
+                record = storage.read_json(self.fs, self._path(folder, base))
             except FileNotFoundError:
-                continue  # removed between listing and reading (a failure record cleared by a commit)
+                return None  # removed between listing and reading (a failure record cleared by a commit)
             except (ValueError, OSError) as e:
                 raise MaskStoreError(f"{self.url}/{folder}/{base}: unreadable record: {e}") from None
             if not isinstance(record, dict):
                 raise MaskStoreError(f"{self.url}/{folder}/{base}: expected a JSON object")
-            out[int(m.group(1))] = record
-        return dict(sorted(out.items()))
+            return record
+
+        ids = sorted(names)
+        records = storage.parallel_map(self.fs, read, [names[i] for i in ids])  # many GETs in flight at once
+        return {i: r for i, r in zip(ids, records, strict=True) if r is not None}
 
     def committed_shards(self) -> dict[int, dict[str, Any]]:
         """Commit markers by shard id."""

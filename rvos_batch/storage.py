@@ -16,7 +16,9 @@ import os
 import posixpath
 import re
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -70,6 +72,27 @@ def get_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fss
     options = _with_env_endpoint(protocol, storage_options or {})
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+# Requests kept in flight by parallel_map: an object store answers each GET in tens of milliseconds however many
+# are open, so scans of many small objects (corpus footers, commit markers) are latency-bound, not bandwidth-bound.
+REMOTE_IO_WORKERS = 32
+LOCAL_IO_WORKERS = 4
+
+
+def parallel_map(fs: fsspec.AbstractFileSystem, fn: Callable[[_T], _R], items: Iterable[_T],
+                 workers: int | None = None) -> list[_R]:
+    """``[fn(x) for x in items]``, in order, with up to ``workers`` calls at once (default: REMOTE_IO_WORKERS on an
+    object store, LOCAL_IO_WORKERS on a local disk). The first exception, in item order, is raised."""
+    todo = list(items)
+    n = min(len(todo), workers or (LOCAL_IO_WORKERS if is_local(fs) else REMOTE_IO_WORKERS))
+    if n <= 1:
+        return [fn(x) for x in todo]
+    with ThreadPoolExecutor(n, thread_name_prefix="rvos-io") as pool:
+        return list(pool.map(fn, todo))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
