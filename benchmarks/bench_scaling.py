@@ -48,8 +48,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def counting_moto(log: Log) -> Any:
-    """A ThreadedMotoServer whose WSGI app appends (method, path, query) of every request to ``log``."""
+def counting_moto(log: Log, latency: list[float] | None = None) -> Any:
+    """A ThreadedMotoServer whose WSGI app appends (method, path, query) of every request to ``log``; with
+    ``latency`` (a one-item list, changeable while the server runs), each request first waits that many seconds,
+    as a request to a real object store waits on the network and the service."""
     from moto.moto_server.threaded_moto_server import ThreadedMotoServer
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
     from werkzeug.serving import make_server
@@ -62,6 +64,8 @@ def counting_moto(log: Log) -> Any:
 
             def counted(environ: dict, start_response: Any) -> Any:
                 log.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
+                if latency and latency[0] > 0:
+                    time.sleep(latency[0])
                 return app(environ, start_response)
 
             self._server = make_server(self._ip_address, self._port, counted, True,

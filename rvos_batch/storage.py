@@ -63,6 +63,10 @@ def _with_env_endpoint(protocol: str, options: dict[str, Any]) -> dict[str, Any]
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
             options["endpoint_url"] = endpoint
+        # botocore keeps 10 connections by default: too few for parallel_map's requests in flight
+        config = dict(options.get("config_kwargs") or {})
+        config.setdefault("max_pool_connections", 2 * REMOTE_IO_WORKERS)
+        options["config_kwargs"] = config
     return options
 
 

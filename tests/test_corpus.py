@@ -293,3 +293,28 @@ def test_video_entry_is_hashable_and_frozen() -> None:
     assert hash(e) == hash(VideoEntry("v", "/x/part-00000.parquet", 3, (0,), 32, 24))
     with pytest.raises(AttributeError):
         e.video_id = "w"  # type: ignore[misc]
+
+
+def test_parallel_map_keeps_order_and_raises_the_first_error_in_order():
+    import threading
+
+    from rvos_batch import storage
+
+    fs, _ = storage.get_fs("/tmp")
+    seen = set()
+
+    def work(i: int) -> int:
+        seen.add(threading.current_thread().name)
+        return i * i
+
+    assert storage.parallel_map(fs, work, range(50), workers=8) == [i * i for i in range(50)]
+    assert any(name.startswith("rvos-io") for name in seen)
+    assert storage.parallel_map(fs, work, [], workers=8) == []
+
+    def fail(i: int) -> int:
+        if i in (3, 30):
+            raise ValueError(f"item {i}")
+        return i
+
+    with pytest.raises(ValueError, match="item 3"):
+        storage.parallel_map(fs, fail, range(40), workers=8)

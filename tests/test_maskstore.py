@@ -207,6 +207,7 @@ def test_commit_makes_visible_and_marker_describes_files(tmp_path: Path) -> None
     masks, videos = shard_tables(3, ["a", "b"])
     marker = store.commit_shard(3, masks, videos, {"seconds": 1.5, "videos": 2})
     assert store.committed_shards() == {3: marker}
+    assert store.committed_shard_ids() == {3}
     assert marker["rows"] == {"masks": masks.num_rows, "videos": 2}
     assert marker["stats"] == {"seconds": 1.5, "videos": 2}
     for kind in ("masks", "videos"):
@@ -235,6 +236,7 @@ def test_uncommitted_shard_is_invisible(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.undo()
     assert (tmp_path / "out" / "masks" / "shard-00001.parquet").exists()  # data is there ...
     assert set(store.committed_shards()) == {0}  # ... but not committed
+    assert store.committed_shard_ids() == {0}  # the names-only view agrees
     assert set(store.masks_dataset().to_table().column("video_id").to_pylist()) == {"a"}
     assert store.videos_dataset().to_table().column("video_id").to_pylist() == ["a"]
     store.commit_shard(1, masks1, videos1, {})  # the retry commits it
@@ -368,3 +370,14 @@ def test_commit_protocol_on_s3(s3_bucket: str) -> None:
     ]
     fresh.write_run({"corpus": "s3://x/corpus"})
     assert MaskStore(s3_out).read_run() == {"corpus": "s3://x/corpus"}
+
+
+def test_many_markers_read_in_parallel_come_back_in_order(tmp_path: Path) -> None:
+    store = MaskStore(str(tmp_path / "out"))
+    for i in (7, 0, 12, 3, 5, 9, 1):
+        masks, videos = shard_tables(i, [f"v{i}"])
+        store.commit_shard(i, masks, videos, {"videos": i})
+    got = store.committed_shards()
+    assert list(got) == [0, 1, 3, 5, 7, 9, 12]
+    assert [m["stats"]["videos"] for m in got.values()] == [0, 1, 3, 5, 7, 9, 12]
+    assert store.committed_shard_ids() == set(got)

@@ -228,7 +228,7 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         record.update(prompt_check)
         store.write_run(record)
         store.cleanup_tmp()
-        committed = store.committed_shards()
+        committed = store.committed_shard_ids()  # names only: a rerun of a huge job lists, it does not GET
         todo = [s for s in shards if s.shard_id not in committed]
         summary = JobSummary(len(shards), len(shards) - len(todo), 0)
         if todo:
