@@ -16,6 +16,7 @@ from jobkit import frame_jpeg, make_corpus, tiny_model
 
 from rvos_batch import maskstore, rle, rle_torch
 from rvos_batch.corpus import CorpusReader, CorpusWriter
+from rvos_batch.errors import RvosBatchError
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.plan import plan_shards
 from rvos_batch.job.worker import GPU_DECODE_ENV, ShardWorker, _MaskRows
@@ -296,9 +297,10 @@ def test_torchvision_jpeg_decode_path_matches_pil(worker_setup, tmp_path, monkey
         w.add_video("truncated", ((t, b, None, None, None) for t, b in enumerate(broken)))
     [spec] = plan_shards(CorpusReader(corpus).list_videos(), 16)
     tables = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv(GPU_DECODE_ENV, flag)
-        cfg = LabelConfig(corpus=corpus, out=str(tmp_path / f"out{flag}"), model=model, min_area=1)
+    for flag in ("0", "1", "config"):  # off; on from the environment; on from LabelConfig (label --gpu-decode)
+        monkeypatch.setenv(GPU_DECODE_ENV, "1" if flag == "1" else "0")
+        cfg = LabelConfig(corpus=corpus, out=str(tmp_path / f"out{flag}"), model=model, min_area=1,
+                          gpu_decode=flag == "config")
         worker = ShardWorker(cfg, device="cpu")
         calls: list[int] = []
         on_device = worker._decode_on_device
@@ -311,7 +313,7 @@ def test_torchvision_jpeg_decode_path_matches_pil(worker_setup, tmp_path, monkey
         result = worker.process_shard(spec)
         worker.close()
         # 4 good frames + the intact frames of the truncated video (frame 1 and what follows it go to PIL)
-        assert (len(calls) >= 5) == (flag == "1") and (len(calls) == 0) == (flag == "0")
+        assert (len(calls) >= 5) == (flag != "0") and (len(calls) == 0) == (flag == "0")
         assert result.videos_ok == 1 and result.failed[0][0] == "truncated" and "frame 1" in result.failed[0][1]
         tables[flag] = committed(cfg.out)
     a, b = tables["0"], tables["1"]
@@ -354,3 +356,40 @@ def test_cuda_session_fast_paths(compile_mode):
                 a = r.masks[list(r.object_ids).index(obj)]
                 b = want[row].masks[list(want[row].object_ids).index(obj)]
                 assert (a != b).mean() < 0.05
+
+
+def test_speed_flags_reach_the_worker_and_are_validated(worker_setup, monkeypatch):
+    from rvos_batch.cli import build_parser
+    from rvos_batch.cli.label import config_from_args
+    from rvos_batch.job.config import COMPILE_CHOICES
+    from rvos_batch.job.worker import AMP_ENV, speed_settings
+    from rvos_batch.predictor import COMPILE_MODES
+
+    assert COMPILE_CHOICES == COMPILE_MODES
+    root, corpus, model = worker_setup
+    args = build_parser().parse_args(["label", corpus, str(root / "o"), "--compile", "reduce-overhead",
+                                      "--amp", "bfloat16", "--gpu-decode"])
+    cfg = config_from_args(args)
+    assert (cfg.compile, cfg.amp, cfg.gpu_decode) == ("reduce-overhead", "bfloat16", True)
+    base = PredictConfig(device="cpu")
+    assert speed_settings(base, cfg).amp_dtype == "bfloat16"
+    assert speed_settings(base, cfg).compile is None  # compiling is for CUDA workers only
+    monkeypatch.setenv(AMP_ENV, "float16")
+    assert speed_settings(base, LabelConfig(corpus=corpus, out="o")).amp_dtype == "float16"  # env: the fallback
+    assert speed_settings(base, cfg).amp_dtype == "bfloat16"  # the run's own choice wins
+    with pytest.raises(RvosBatchError, match="--amp must be one of"):
+        LabelConfig(corpus=corpus, out="o", amp="fp8")
+    with pytest.raises(RvosBatchError, match="--compile must be one of"):
+        LabelConfig(corpus=corpus, out="o", compile="fast")
+
+
+def test_worker_refuses_a_model_other_than_the_one_the_driver_digested(worker_setup):
+    from rvos_batch.errors import CheckpointError
+    from rvos_batch.model.checkpoint import file_sha256
+
+    root, corpus, model = worker_setup
+    good = LabelConfig(corpus=corpus, out=str(root / "pin"), model=model, model_sha256=file_sha256(model))
+    ShardWorker(good, device="cpu").close()
+    bad = LabelConfig(corpus=corpus, out=str(root / "pin"), model=model, model_sha256="0" * 64)
+    with pytest.raises(CheckpointError, match="sha256"):
+        ShardWorker(bad, device="cpu")

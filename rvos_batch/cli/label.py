@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from rvos_batch.job.config import MODES, LabelConfig
+from rvos_batch.job.config import AMP_CHOICES, COMPILE_CHOICES, MODES, LabelConfig
 from rvos_batch.storage import parse_storage_options, redact
 from rvos_batch.zoo import SAMPLE_CORPUS
 
@@ -46,6 +46,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default=None, metavar="JSON|@FILE",
                    help="fsspec/s3fs options as JSON, e.g. '{\"endpoint_url\": \"http://127.0.0.1:9000\"}', or "
                         "@FILE naming a JSON file (keep keys there, not on the command line)")
+    p.add_argument("--compile", default=None, choices=COMPILE_CHOICES, metavar="MODE",
+                   help="torch.compile the model on GPU actors: " + ", ".join(COMPILE_CHOICES)
+                   + " (reduce-overhead = CUDA graphs); ignored on CPU")
+    p.add_argument("--amp", default=None, choices=AMP_CHOICES,
+                   help="model precision (default: bfloat16 autocast on GPU, float32 on CPU)")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEG frames with nvJPEG on the actor's GPU (default: PIL on --decode-threads)")
     p.add_argument("--no-preview", action="store_true", help="do not draw OUT/preview.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -58,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         videos_per_shard=args.videos_per_shard, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,
         max_shard_attempts=args.max_shard_attempts, address=args.address, overwrite=args.overwrite,
+        compile=args.compile, amp=args.amp, gpu_decode=args.gpu_decode,
         storage_options=parse_storage_options(args.storage_options),
     )
 

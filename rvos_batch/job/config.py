@@ -13,6 +13,10 @@ from rvos_batch.errors import RvosBatchError
 MODES = ("zero-shot", "one-shot")
 
 
+AMP_CHOICES = ("float32", "bfloat16", "float16")
+COMPILE_CHOICES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass(frozen=True)
 class LabelConfig:
     """Everything a labeling run needs. Paths are local paths or s3:// URLs.
@@ -37,6 +41,10 @@ class LabelConfig:
     max_shard_attempts: int = 3
     address: str | None = None
     overwrite: bool = False
+    compile: str | None = None  # a torch.compile mode for the model on CUDA, e.g. "reduce-overhead" (CUDA graphs)
+    amp: str | None = None  # None: the device's default (bfloat16 on CUDA, float32 on CPU); or float32/bfloat16/float16
+    gpu_decode: bool = False  # decode JPEGs with nvJPEG on the actor's GPU instead of PIL on threads
+    model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
 
     OUTPUT_FIELDS = ("mode", "prompts", "videos_per_shard", "threshold", "min_area")
@@ -53,6 +61,10 @@ class LabelConfig:
             raise RvosBatchError("--gpus-per-actor and --cpus-per-actor must be >= 0")
         if not 0.0 < self.threshold < 1.0:
             raise RvosBatchError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.amp is not None and self.amp not in AMP_CHOICES:
+            raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
+        if self.compile is not None and self.compile not in COMPILE_CHOICES:
+            raise RvosBatchError(f"--compile must be one of {list(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.prompts and self.mode != "one-shot":
             raise RvosBatchError("--prompts is only used with --mode one-shot")
 

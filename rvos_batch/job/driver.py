@@ -9,6 +9,7 @@ writes files under per-run UUIDs, and its checkpointing is at-least-once and bet
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -232,7 +233,8 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         todo = [s for s in shards if s.shard_id not in committed]
         summary = JobSummary(len(shards), len(shards) - len(todo), 0)
         if todo:
-            _run_shards(config, todo, summary, progress)
+            # actors load the model themselves, maybe on other nodes: pin the bytes this driver digested
+            _run_shards(dataclasses.replace(config, model_sha256=model_sha), todo, summary, progress)
         _totals(store, summary)
         record["runs"][-1]["finished"] = _now()
         record["runs"][-1]["shards_done"] = summary.shards_done

@@ -9,8 +9,10 @@ frame, model error) becomes a ``failed`` row with its error; the rest of the sha
 Three kinds of threads overlap: decode threads (read, JPEG decode, resize), the shard's thread (only launches
 model steps; on a GPU it never waits for the device), and one post thread that turns each finished step into
 RLE rows (upsampling to the original size, overlap resolution and RLE, on the GPU when the model is there) and
-records finished videos, in order. On CUDA the model runs in bfloat16 with channels_last; environment knobs:
-``RVOS_BATCH_COMPILE`` (a torch.compile mode), ``RVOS_BATCH_AMP``, ``RVOS_BATCH_GPU_DECODE=1`` (nvJPEG).
+records finished videos, in order. On CUDA the model runs in bfloat16 with channels_last; LabelConfig's
+``compile`` (a torch.compile mode), ``amp`` and ``gpu_decode`` (nvJPEG) change that (``label --compile``,
+``--amp``, ``--gpu-decode``; where a field is unset, the environment's ``RVOS_BATCH_COMPILE``, ``RVOS_BATCH_AMP``
+and ``RVOS_BATCH_GPU_DECODE=1`` are read, so a cluster can set them for every actor).
 """
 
 from __future__ import annotations
@@ -261,21 +263,23 @@ class ShardWorker:
         self.config = config
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model_path = resolve_model(config.model, config.mode)
-        self.model, self.model_config, _ = load_checkpoint(model_path, map_location=self.device)
+        # the driver digested the model before planning: an actor on another node must load those very bytes
+        self.model, self.model_config, _ = load_checkpoint(model_path, map_location=self.device,
+                                                           expected_sha256=config.model_sha256)
         self.model.eval()
         if self.model_config.mode != config.mode:
             raise RvosBatchError(
                 f"model {config.model!r} is a {self.model_config.mode} model; this run is --mode {config.mode}"
             )
         self.predict_config = speed_settings(
-            PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device))
+            PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device)), config
         )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
         self.pool = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
         h, w = self.model_config.input_size
         self._draft = (w, h)
-        self._device_decode = os.environ.get(GPU_DECODE_ENV, "0") == "1"
+        self._device_decode = config.gpu_decode or os.environ.get(GPU_DECODE_ENV, "0") == "1"
         self.last_timings: dict[str, float] = {}
         self._decode_streams = threading.local()
 
@@ -508,16 +512,17 @@ COMPILE_ENV = "RVOS_BATCH_COMPILE"  # a torch.compile mode for the model on CUDA
 AMP_ENV = "RVOS_BATCH_AMP"  # "float32" turns bfloat16 autocast off on CUDA
 
 
-def speed_settings(base: PredictConfig) -> PredictConfig:
-    """``base`` with the fast settings for its device (:meth:`PredictConfig.for_device`) and the environment's
-    choices: ``RVOS_BATCH_COMPILE`` (a compile mode; CUDA only, as compiling on a CPU worker costs more than it
-    saves on short shards) and ``RVOS_BATCH_AMP`` ("float32", "bfloat16", "float16")."""
+def speed_settings(base: PredictConfig, config: LabelConfig | None = None) -> PredictConfig:
+    """``base`` with the fast settings for its device (:meth:`PredictConfig.for_device`) and the run's choices:
+    ``config.compile`` (a compile mode; CUDA only, as compiling on a CPU worker costs more than it saves on short
+    shards) and ``config.amp`` ("float32", "bfloat16", "float16"); where those are unset, ``RVOS_BATCH_COMPILE``
+    and ``RVOS_BATCH_AMP`` from the environment."""
     overrides: dict[str, Any] = {}
     cuda = torch.device(base.device).type == "cuda"
-    mode = os.environ.get(COMPILE_ENV, "").strip()
-    if mode and cuda:
-        overrides["compile"] = mode
-    amp = os.environ.get(AMP_ENV, "").strip()
+    mode = (config.compile if config is not None and config.compile else None) or os.environ.get(COMPILE_ENV, "")
+    if mode.strip() and cuda:
+        overrides["compile"] = mode.strip()
+    amp = ((config.amp if config is not None and config.amp else None) or os.environ.get(AMP_ENV, "")).strip()
     if amp:
         overrides["amp_dtype"] = None if amp == "float32" else amp
     return PredictConfig.for_device(base.device, threshold=base.threshold, min_area=base.min_area,
