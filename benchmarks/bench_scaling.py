@@ -193,13 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     actor_log: Log = []
     driver_s3 = counting_moto(driver_log)
     actor_s3 = counting_moto(actor_log)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                             "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
-    with tempfile.TemporaryDirectory(prefix="rvos-bench-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rvos-bench-scale-") as tmp, \
+            benchkit.fake_aws_env(endpoint(actor_s3), Path(tmp)):
         root = Path(tmp)
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                          AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(root / "none"),
-                          AWS_SHARED_CREDENTIALS_FILE=str(root / "none"), AWS_ENDPOINT_URL=endpoint(actor_s3))
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  _temp_dir=tempfile.mkdtemp(prefix="rvray", dir="/tmp"))  # actors inherit the actors' endpoint
         os.environ["AWS_ENDPOINT_URL"] = endpoint(driver_s3)  # from here on this process talks to the other server
@@ -250,11 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             ray.shutdown()
             driver_s3.stop()
             actor_s3.stop()
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     if args.no_write:
         return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
 import time
@@ -62,16 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     log: list = []
     latency = [0.0]
     server = counting_moto(log, latency)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                             "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")}
     rows = []
     ids_row = (float("nan"), float("nan"))
     default_workers = storage.REMOTE_IO_WORKERS
     try:
-        with tempfile.TemporaryDirectory(prefix="rvos-bench-scans-") as tmp:
-            os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                              AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(Path(tmp) / "none"),
-                              AWS_SHARED_CREDENTIALS_FILE=str(Path(tmp) / "none"), AWS_ENDPOINT_URL=endpoint(server))
+        with tempfile.TemporaryDirectory(prefix="rvos-bench-scans-") as tmp, \
+                benchkit.fake_aws_env(endpoint(server), Path(tmp)):
             fs, _ = storage.get_fs("s3://rvos-scans")
             fs.mkdir("rvos-scans")
             corpus, out = "s3://rvos-scans/corpus", "s3://rvos-scans/out"
@@ -100,11 +95,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         storage.REMOTE_IO_WORKERS = default_workers
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if args.no_write:
         return 0
     big_files, big_shards = 625_000, 625_000  # 10 M videos at 16 videos per file and per shard

@@ -6,13 +6,14 @@ Benchmarks import this module from their own folder (``python benchmarks/bench_X
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,23 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+@contextlib.contextmanager
+def fake_aws_env(endpoint_url: str, tmp: Path) -> Iterator[None]:
+    """Fake credentials, no AWS config files, and ``endpoint_url`` (a moto server) in the environment; every AWS
+    variable is restored on exit, including any the body changes."""
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+            "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_CONFIG_FILE=str(tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"),
+                      AWS_ENDPOINT_URL=endpoint_url)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
