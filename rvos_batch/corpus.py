@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -111,6 +112,39 @@ def _int_column(table: pa.Table, name: str) -> np.ndarray | None:
     return col.to_numpy().astype(np.int64)
 
 
+class _OpenFiles:
+    """Open corpus files (the fsspec file and its ParquetFile) kept for the next video of the same file, so a
+    shard reading many videos of one file opens it once, not once per video (on S3 each opening is a HEAD and a
+    footer GET). A borrower has its file to itself; at most ``keep`` idle files stay open, the oldest closed first.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._idle: list[tuple[str, list[Any]]] = []
+        self._lock = threading.Lock()
+
+    def take(self, file: str) -> list[Any] | None:
+        with self._lock:
+            for i in range(len(self._idle) - 1, -1, -1):
+                if self._idle[i][0] == file:
+                    return self._idle.pop(i)[1]
+        return None
+
+    def give(self, file: str, handle: list[Any]) -> None:
+        with self._lock:
+            self._idle.append((file, handle))
+            evicted = self._idle[: -self._keep] if len(self._idle) > self._keep else []
+            del self._idle[: len(evicted)]
+        for _, h in evicted:
+            h[0].close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, h in idle:
+            h[0].close()
+
+
 class CorpusReader:
     """Lists and validates the videos of ``url``/frames/ and streams their frames.
 
@@ -122,6 +156,11 @@ class CorpusReader:
         self.fs, self.root = get_fs(url, dict(storage_options or {}))
         self.frames_path = join(self.root, FRAMES_DIR)
         self._files: list[str] | None = None
+        self._open_files = _OpenFiles()
+
+    def close(self) -> None:
+        """Close the corpus files kept open between videos (a reader stays usable: it reopens them)."""
+        self._open_files.close()
 
     @property
     def files(self) -> list[str]:
@@ -230,7 +269,10 @@ class CorpusReader:
         ``READ_ATTEMPTS`` times, so a bucket failing for a few seconds does not fail the video; listing is
         retried the same way.
         """
-        handle: list[Any] = [None, None]  # the open file and its ParquetFile, reopened after a failed read
+        # the open file and its ParquetFile (a previous video's, if one of this file is idle), reopened after a
+        # failed read; given back for the next video only when this one was read to the end without error
+        handle: list[Any] = self._open_files.take(entry.file) or [None, None]
+        done = False
         try:
             count = 0
             for rg in entry.row_groups:
@@ -257,9 +299,13 @@ class CorpusReader:
                     f"{entry.file}: video {entry.video_id!r} has {count} frames in row groups {entry.row_groups}, "
                     f"expected {entry.num_frames} (file changed since it was listed?)"
                 )
+            done = True
         finally:
             if handle[0] is not None:
-                handle[0].close()
+                if done:
+                    self._open_files.give(entry.file, handle)
+                else:
+                    handle[0].close()
 
     def _read_row_group(self, entry: VideoEntry, rg: int, handle: list[Any]) -> pa.Table:
         def read() -> pa.Table:

@@ -318,3 +318,51 @@ def test_parallel_map_keeps_order_and_raises_the_first_error_in_order():
 
     with pytest.raises(ValueError, match="item 3"):
         storage.parallel_map(fs, fail, range(40), workers=8)
+
+
+def test_videos_of_one_file_reuse_its_open_file_and_threads_never_share_one(tmp_path: Path) -> None:
+    import threading
+
+    url = str(tmp_path / "c")
+    videos = {f"v{i}": 3 + i for i in range(6)}
+    _write(url, videos, per_file=3)  # two files of three videos
+    reader = CorpusReader(url)
+    entries = reader.list_videos()
+    opened: list[str] = []
+    real_open = reader._open
+
+    def counting_open(file: str):
+        opened.append(file)
+        return real_open(file)
+
+    reader._open = counting_open  # type: ignore[method-assign]
+    for e in entries:  # one after another: each file opened once
+        assert [r.frame_index for r in reader.iter_frames(e)] == list(range(videos[e.video_id]))
+    assert sorted(opened) == sorted({e.file for e in entries})
+    # a video abandoned half-way, or one that fails, does not give its file back
+    opened.clear()
+    it = reader.iter_frames(entries[0])
+    next(it)
+    it.close()
+    list(reader.iter_frames(entries[1]))
+    assert len(opened) == 1  # entries[1] took the idle file; the abandoned one was closed, not kept
+    # many threads at once, repeatedly: each gets its own file object and the right frames
+    errors: list[BaseException] = []
+
+    def read_all(e) -> None:
+        try:
+            for _ in range(5):
+                got = [(r.video_id, r.frame_index, r.image) for r in reader.iter_frames(e)]
+                want = [(e.video_id, f[0], f[1]) for f in _frames(e.video_id, videos[e.video_id])]
+                assert got == want
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read_all, args=(e,)) for e in entries * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    reader.close()
+    assert [r.frame_index for r in reader.iter_frames(entries[2])] == list(range(videos["v2"]))  # still usable

@@ -505,6 +505,7 @@ class ShardWorker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.reader.close()
 
 
 GPU_DECODE_ENV = "RVOS_BATCH_GPU_DECODE"  # "1": decode JPEGs with nvJPEG on the worker's GPU (default: PIL, threads)
