@@ -322,7 +322,7 @@ def report(args: argparse.Namespace, host: str, corpus_desc: str, model_desc: st
     frames = n * length
     t_gpu = frames / (g * fps)
     corpus_reads = sum(c for k, c in by_actor.items() if " corpus/" in k)
-    measured_reads = corpus_reads / n_videos  # per video: HEAD + footer (the file is reopened) + row groups
+    measured_reads = corpus_reads / n_videos  # per video: row groups + its share of file openings
     opens = 2 * by_actor.get("HEAD corpus/frames", 0) / n_videos  # HEAD + footer GET per opening
     # a video of L frames spans at most ceil(L / 64) + 1 row groups of 64 frames (FRAME_ROW_GROUP_ROWS)
     per_video_reads = opens + math.ceil(length / FRAME_ROW_GROUP_ROWS) + 1
@@ -334,8 +334,9 @@ def report(args: argparse.Namespace, host: str, corpus_desc: str, model_desc: st
               "(the issue's target for one H100; no GPU was measured here, so this throughput is an assumption): "
               f"{frames:,.0f} frames / ({g} x {fps:,.0f} frames/s) = {t_gpu:,.0f} s ({t_gpu / 3600:.1f} h) of GPU "
               f"time. Measured inputs: the driver's CPU per shard {loop_per_shard * 1e3:.1f} ms (marginal, above); "
-              f"actors made {measured_reads:.2f} corpus reads per video of {args.frames} frames ({opens:.0f} to open "
-              f"its file, the rest row groups), so at most {per_video_reads:.0f} for {length:.0f} frames, and "
+              f"actors made {measured_reads:.2f} corpus reads per video of {args.frames} frames ({opens:.2f} to open "
+              "files, shared by the videos of a file read one after another, the rest row groups), so at most "
+              f"{per_video_reads:.0f} for {length:.0f} frames, and "
               f"{per_shard_other:.1f} other requests per shard.", ""]
     loop_cores: dict[int, float] = {}
     req_rates: dict[int, float] = {}
@@ -365,9 +366,9 @@ def report(args: argparse.Namespace, host: str, corpus_desc: str, model_desc: st
         "16x less).",
         f"- So per shard, the driver ({loop_cores[256]:.2f} of a core at 256 videos per shard, "
         f"{loop_cores[16]:.2f} at 16) and the commit protocol ({per_shard_other:.0f} requests per shard) keep up "
-        f"with 100 GPUs; the frame reads (each video reopens its corpus file: {opens:.0f} requests, a HEAD and a "
-        "footer GET, before its row groups) are most of the request rate, well within what S3 serves when the "
-        "corpus is spread over a few prefixes.",
+        f"with 100 GPUs; the frame reads ({opens:.2f} requests per video to open corpus files, a HEAD and a footer "
+        "GET per opening, shared by the videos of one file, then the row groups) are most of the request rate, "
+        "well within what S3 serves when the corpus is spread over a few prefixes.",
     ]
     return "\n".join(lines)
 
