@@ -50,6 +50,7 @@ class TrainConfig:
     num_slots: int = 10
     input_size: tuple[int, int] = (256, 448)
     clip_len: int = 5
+    color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
     batch_size: int = 4
     iters: int = 10_000
     lr: float = 1e-3
@@ -263,7 +264,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         opt = torch.optim.Adam(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     data = ClipDataset(train_videos, cfg.input_size, cfg.clip_len, cfg.num_slots, augment=True,
-                       length=cfg.iters * cfg.batch_size, seed=cfg.seed)
+                       length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug)
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0 = time.perf_counter()

@@ -104,7 +104,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos: list[VOSVideo], size: tuple[int, int], clip_len: int = 5, max_objects: int = 10,
-                 augment: bool = True, length: int = 10_000, seed: int = 0) -> None:
+                 augment: bool = True, length: int = 10_000, seed: int = 0, colour: bool = False) -> None:
         self.videos = videos
         self.size = size
         self.clip_len = clip_len
@@ -112,6 +112,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.length = length
         self.seed = seed
+        self.colour = colour  # also recolour each clip (see _recolour); only with augment
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -132,6 +133,8 @@ class ClipDataset(torch.utils.data.Dataset):
         lab = torch.from_numpy(labels[idx].astype(np.int64))  # (T, H, W)
         if self.augment:
             img, lab = _augment(img, lab, rng)
+            if self.colour:
+                img = _recolour(img, rng)
         ids = [int(i) for i in torch.unique(lab).tolist() if i not in (0, VOID)][: self.max_objects]
         masks = torch.zeros(self.clip_len, self.max_objects, *self.size)
         for k, obj in enumerate(ids):
@@ -153,3 +156,25 @@ def _augment(img: Tensor, lab: Tensor, rng: random.Random) -> tuple[Tensor, Tens
     img = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lab = F.grid_sample(lab[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return img, lab[:, 0].long()
+
+
+def _recolour(img: Tensor, rng: random.Random) -> Tensor:
+    """One random recolouring per clip (every frame alike, so motion stays the cue): a permutation of the colour
+    channels, brightness and contrast x0.7-1.3, saturation x0.4-1.6, and with p=0.2 inverted, p=0.1 grey.
+
+    Not in the paper: objects whose colours and textures were never seen in training (the held-out synthetic
+    textures, or real video after synthetic training) must be found by shape and motion, not by their look.
+    """
+    perm = list(range(3))
+    rng.shuffle(perm)
+    img = img[:, perm]
+    grey = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2])[:, None]  # (T, 1, H, W)
+    img = grey + (img - grey) * rng.uniform(0.4, 1.6)  # saturation
+    mean = img.mean()
+    img = mean + (img - mean) * rng.uniform(0.7, 1.3)  # contrast
+    img = img * rng.uniform(0.7, 1.3)  # brightness
+    if rng.random() < 0.2:
+        img = 1.0 - img
+    if rng.random() < 0.1:
+        img = (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]).expand(-1, 3, -1, -1)
+    return img.clamp(0.0, 1.0).contiguous()

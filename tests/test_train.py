@@ -157,3 +157,22 @@ def test_cosine_schedule_decays_to_zero_and_resumes_on_the_same_curve(tmp_path):
     assert lrs == pytest.approx([1e-4 * lr_factor("cosine", 3, 4), 1e-3 * lr_factor("cosine", 3, 4)])
     with pytest.raises(RvosBatchError, match="--lr-schedule must be one of"):
         _cfg(data, out, lr_schedule="step")
+
+
+def test_colour_augmentation_recolours_images_only(tmp_path):
+    from rvos_batch.vosdata import ClipDataset, list_videos
+
+    data = _make_davis(tmp_path / "davis")
+    videos = list_videos(data, "train")
+    plain = ClipDataset(videos, (48, 80), clip_len=3, max_objects=3, length=8, seed=1)
+    colour = ClipDataset(videos, (48, 80), clip_len=3, max_objects=3, length=8, seed=1, colour=True)
+    changed = 0
+    for i in range(8):
+        a, b = plain[i], colour[i]
+        for key in ("masks", "void", "present"):
+            assert torch.equal(a[key], b[key]), key  # the labels and the geometry are untouched
+        assert b["images"].shape == a["images"].shape and 0.0 <= b["images"].min() <= b["images"].max() <= 1.0
+        changed += not torch.allclose(a["images"], b["images"], atol=1e-3)
+    assert changed >= 6
+    cfg = _cfg(data, tmp_path / "run", iters=2, color_aug=True)
+    assert np.isfinite(train(cfg, progress=False)["best_val_soft_iou"])

@@ -36,6 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, default=10, help="object slots")
     p.add_argument("--input-size", type=_size, default=(256, 448), metavar="HxW")
     p.add_argument("--clip-len", type=int, default=5)
+    p.add_argument("--color-aug", action="store_true",
+                   help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--iters", type=int, default=10_000)
     p.add_argument("--lr", type=float, default=1e-3, help="decoder and projections")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, mode=args.mode, stage=args.stage, backbone=args.backbone,
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
         recurrence=args.recurrence, hidden=args.hidden, num_slots=args.slots, input_size=args.input_size,
-        clip_len=args.clip_len, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
+        clip_len=args.clip_len, color_aug=args.color_aug, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
         train_split=args.train_split, seed=args.seed, threads=args.threads,
     )
