@@ -99,6 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     big_files, big_shards = 625_000, 625_000  # 10 M videos at 16 videos per file and per shard
     lines = [
+        "## Scans",
+        "",
+        "The driver's scans of many small objects on S3: listing the corpus (every file's footer and small columns) "
+        "and reading commit markers, one request at a time against many in flight (storage.parallel_map), on a "
+        "moto server that holds every request for a fixed latency as a real object store's round trip does. "
+        "Here the moto server and the client share the 2 cores: the requests in flight are bounded by their CPU, "
+        "not by the latency.",
+        "",
         f"- Machine: {host}",
         f"- Command: `{benchkit.command('bench_scans.py', argv)}`",
         f"- Setup: moto S3 on 127.0.0.1 holding every request {args.latency_ms:.0f} ms before answering; "
