@@ -598,7 +598,7 @@ def run_in_process(config: LabelConfig, progress: ProgressFn | None = None) -> l
 
     worker = ShardWorker(config)
     try:
-        done = worker.store.committed_shards()
+        done = worker.store.committed_shard_ids()  # names only, as the driver does
         shards = plan_shards(worker.reader.list_videos(), config.videos_per_shard)
         return [worker.process_shard(s, progress=progress) for s in shards if s.shard_id not in done]
     finally:
