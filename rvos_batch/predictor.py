@@ -20,6 +20,7 @@ settings of a device.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -600,15 +601,9 @@ class _Axis:
         return int(idx[0]), int(idx[-1]) + 1
 
 
-_AXES: dict[tuple[int, int], _Axis] = {}
-
-
+@functools.lru_cache(maxsize=256)
 def _axis(n_in: int, n_out: int) -> _Axis:
-    key = (n_in, n_out)
-    ax = _AXES.get(key)
-    if ax is None:
-        ax = _AXES[key] = _Axis.make(n_in, n_out)
-    return ax
+    return _Axis.make(n_in, n_out)
 
 
 def _lerp(a: np.ndarray, w_a: np.ndarray, b: np.ndarray, w_b: np.ndarray) -> np.ndarray:
