@@ -56,7 +56,7 @@ from rvos_batch.imaging import check_image, decode_image, image_size, read_palet
 from rvos_batch.ingest import IngestConfig, ingest
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.plan import plan_shards
-from rvos_batch.job.worker import ShardWorker
+from rvos_batch.job.worker import ShardWorker, run_in_process
 from rvos_batch.maskstore import MaskStore, mask_table, write_mask_dataset
 from rvos_batch.schema import FRAME_SCHEMA
 
@@ -104,13 +104,9 @@ def _label(tmp: Path, videos: dict[str, list[bytes]], model: str, name: str) -> 
     with CorpusWriter(corpus, videos_per_file=64) as w:
         for vid, frames in videos.items():
             w.add_video(vid, ((t, b, None, None, None) for t, b in enumerate(frames)))
-    cfg = LabelConfig(corpus=corpus, out=str(tmp / f"{name}-out"), model=model, batch_videos=1, min_area=1)
-    worker = ShardWorker(cfg)
-    try:
-        [shard] = plan_shards(CorpusReader(corpus).list_videos(), 64)
-        worker.process_shard(shard)
-    finally:
-        worker.close()
+    cfg = LabelConfig(corpus=corpus, out=str(tmp / f"{name}-out"), model=model, batch_videos=1, min_area=1,
+                      videos_per_shard=64)
+    assert len(run_in_process(cfg)) == 1
     store = MaskStore(cfg.out)
     return store, {r["video_id"]: r for r in store.videos_dataset().to_table().to_pylist()}
 
@@ -356,13 +352,8 @@ def _label_with_prompts(tmp: Path, one_shot: tuple[str, str], bad: pa.Table) -> 
     prompts = str(tmp / "prompts")
     write_mask_dataset(prompts, pa.concat_tables([*(mask_table(v, 0, [1], m) for v in ("a", "c", "d")), bad]))
     cfg = LabelConfig(corpus=corpus, out=str(tmp / "out"), model=model, mode="one-shot", prompts=prompts,
-                      batch_videos=2, min_area=1)
-    worker = ShardWorker(cfg)
-    try:
-        [shard] = plan_shards(CorpusReader(corpus).list_videos(), 64)
-        worker.process_shard(shard)
-    finally:
-        worker.close()
+                      batch_videos=2, min_area=1, videos_per_shard=64)
+    assert len(run_in_process(cfg)) == 1
     rows = MaskStore(cfg.out).videos_dataset().to_table().to_pylist()
     return {r["video_id"]: (r["status"], r["error"]) for r in rows}
 
