@@ -131,12 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma list of fp32, fp32+cl, bf16, compile (default CPU fp32,fp32+cl; CUDA fp32,bf16,compile)")
     p.add_argument("--compile-mode", default="reduce-overhead")
     p.add_argument("--skip-paper", action="store_true")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: a CPU actor with 1 CPU runs 1; 0 keeps torch's default)")
+    benchkit.add_threads_option(p)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    benchkit.apply_threads(args)
     gpu = args.device.startswith("cuda")
     batches = args.batches or ([1, 8, 32, 64, 128] if gpu else [1, 4, 8, 16])
     paper_batches = args.paper_batches or ([1, 8, 32, 64] if gpu else [1, 4])

@@ -210,12 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--modes", default="zero-shot,one-shot")
     p.add_argument("--no-profile", dest="profile", action="store_false")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (default 1: a CPU actor with 1 CPU runs 1; 0 keeps torch's default)")
+    benchkit.add_threads_option(p)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    benchkit.apply_threads(args)
     gpu = args.device.startswith("cuda")
     args.videos = args.videos or (256 if gpu else 8)
     args.frames = args.frames or (60 if gpu else 30)

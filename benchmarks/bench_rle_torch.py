@@ -31,11 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=10)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeat", type=int, default=7)
-    p.add_argument("--threads", type=int, default=1)
+    benchkit.add_threads_option(p)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    benchkit.apply_threads(args)
     host = benchkit.machine()
     print(host, flush=True)
     masks = load_masks(args.every)

@@ -186,3 +186,14 @@ def fake_aws_env(endpoint_url: str, tmp: Path) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def add_threads_option(p: Any) -> None:
+    """``--threads N`` (default 1: a CPU actor with 1 CPU runs 1); apply it with :func:`apply_threads`."""
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (default 1: a CPU actor with 1 CPU runs 1; 0 keeps torch's default)")
+
+
+def apply_threads(args: Any) -> None:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
