@@ -523,12 +523,17 @@ class MaskStore:
 
     # -- reading state -----------------------------------------------------------------------------------
 
-    def _read_records(self, folder: str) -> dict[int, dict[str, Any]]:
+    def _record_names(self, folder: str) -> dict[int, str]:
+        """Shard id -> file name of the JSON records in ``folder`` (one listing, no reads)."""
         names: dict[int, str] = {}
         for base in _list_names(self.fs, self._path(folder)):
             m = SHARD_FILE_RE.match(base)
             if m and m.group(2) == "json":
                 names[int(m.group(1))] = base
+        return names
+
+    def _read_records(self, folder: str) -> dict[int, dict[str, Any]]:
+        names = self._record_names(folder)
 
         def read(base: str) -> dict[str, Any] | None:
             try:
@@ -552,12 +557,7 @@ class MaskStore:
     def committed_shard_ids(self) -> set[int]:
         """The ids of committed shards, from the marker names alone: one LIST request per 1,000 markers on S3,
         where :meth:`committed_shards` also GETs every marker."""
-        ids = set()
-        for base in _list_names(self.fs, self._path("_commits")):
-            m = SHARD_FILE_RE.match(base)
-            if m and m.group(2) == "json":
-                ids.add(int(m.group(1)))
-        return ids
+        return set(self._record_names("_commits"))
 
     def failed_shards(self) -> dict[int, dict[str, Any]]:
         """Failure records by shard id (shards that failed and have not committed since)."""
