@@ -520,10 +520,10 @@ def speed_settings(base: PredictConfig, config: LabelConfig | None = None) -> Pr
     and ``RVOS_BATCH_AMP`` from the environment."""
     overrides: dict[str, Any] = {}
     cuda = torch.device(base.device).type == "cuda"
-    mode = (config.compile if config is not None and config.compile else None) or os.environ.get(COMPILE_ENV, "")
-    if mode.strip() and cuda:
-        overrides["compile"] = mode.strip()
-    amp = ((config.amp if config is not None and config.amp else None) or os.environ.get(AMP_ENV, "")).strip()
+    mode = ((config.compile if config is not None else None) or os.environ.get(COMPILE_ENV, "")).strip()
+    if mode and cuda:
+        overrides["compile"] = mode
+    amp = ((config.amp if config is not None else None) or os.environ.get(AMP_ENV, "")).strip()
     if amp:
         overrides["amp_dtype"] = None if amp == "float32" else amp
     return PredictConfig.for_device(base.device, threshold=base.threshold, min_area=base.min_area,
