@@ -168,7 +168,7 @@ def _recolour(img: Tensor, rng: random.Random) -> Tensor:
     perm = list(range(3))
     rng.shuffle(perm)
     img = img[:, perm]
-    grey = (0.299 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2])[:, None]  # (T, 1, H, W)
+    grey = _luma(img)
     img = grey + (img - grey) * rng.uniform(0.4, 1.6)  # saturation
     mean = img.mean()
     img = mean + (img - mean) * rng.uniform(0.7, 1.3)  # contrast
@@ -176,5 +176,10 @@ def _recolour(img: Tensor, rng: random.Random) -> Tensor:
     if rng.random() < 0.2:
         img = 1.0 - img
     if rng.random() < 0.1:
-        img = (0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]).expand(-1, 3, -1, -1)
+        img = _luma(img).expand(-1, 3, -1, -1)
     return img.clamp(0.0, 1.0).contiguous()
+
+
+def _luma(img: Tensor) -> Tensor:
+    """(T, 3, H, W) RGB -> (T, 1, H, W) grey (ITU-R BT.601 weights)."""
+    return 0.299 * img[:, 0:1] + 0.587 * img[:, 1:2] + 0.114 * img[:, 2:3]
