@@ -17,7 +17,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class TrainConfig:
     backbone_weights: str | None = "auto"  # a torchvision ImageNet checkpoint; "auto": the offline mobilenet_v2
     init: str | None = None  # start from this rvos checkpoint (stage 2 starts from stage 1)
     recurrence: str = "ST"
+    refine: bool = False  # the stride-2 refinement head (not in the paper); with --init, added to that model
     hidden: int = 128
     num_slots: int = 10
     input_size: tuple[int, int] = (256, 448)
@@ -200,9 +201,12 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
         model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
+        if cfg.refine and not init_cfg.refine:
+            model = add_refinement(model)
         return model.to(device)
     mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,
-                                 "mode": cfg.mode, "recurrence": cfg.recurrence, "input_size": cfg.input_size})
+                                 "mode": cfg.mode, "recurrence": cfg.recurrence, "input_size": cfg.input_size,
+                                 "refine": cfg.refine})
     model = RVOS(mcfg)
     weights = cfg.backbone_weights
     if weights == "auto":
@@ -214,6 +218,21 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
     elif weights:
         load_backbone_weights(model.encoder, weights)
     return model.to(device)
+
+
+REFINEMENT_KEYS = ("encoder.fine_projection.", "decoder.refine.")
+
+
+def add_refinement(model: RVOS) -> RVOS:
+    """The same model with the stride-2 refinement head added, every trained weight kept.
+
+    The head's last convolution starts at zero, so the new model's logits equal the old one's until it trains.
+    """
+    new = RVOS(replace(model.config, refine=True))
+    result = new.load_state_dict(model.state_dict(), strict=False)
+    stray = [k for k in result.missing_keys if not k.startswith(REFINEMENT_KEYS)]
+    assert not stray and not result.unexpected_keys, (stray, result.unexpected_keys)
+    return new.to(next(model.parameters()).device).train(model.training)
 
 
 def _param_groups(model: RVOS, cfg: TrainConfig) -> list[dict]:

@@ -22,10 +22,17 @@ def tiny(
     slots: int = 3,
     size: tuple[int, int] = SIZE,
     seed: int = 0,
+    refine: bool = False,
 ) -> RVOS:
     torch.manual_seed(seed)
-    cfg = RVOSConfig(backbone=backbone, hidden=16, num_slots=slots, mode=mode, recurrence=recurrence, input_size=size)
-    return RVOS(cfg).eval()
+    cfg = RVOSConfig(
+        backbone=backbone, hidden=16, num_slots=slots, mode=mode, recurrence=recurrence, input_size=size, refine=refine
+    )
+    model = RVOS(cfg).eval()
+    if refine:  # the head's last convolution starts at zero; give it weights so that the head counts
+        last = model.decoder.refine[-1]
+        torch.nn.init.normal_(last.weight, std=0.5)
+    return model
 
 
 def clip_and_masks(b: int, t: int, s: int, size: tuple[int, int] = SIZE, seed: int = 1):
@@ -68,6 +75,9 @@ def test_config_round_trip_and_validation():
         RVOSConfig(input_size=(16, 64))
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['dropout'\]"):
         RVOSConfig.from_dict({"dropout": 0.1})
+    with pytest.raises(ConfigError, match=r"refine='yes'"):
+        RVOSConfig(refine="yes")  # type: ignore[arg-type]
+    assert RVOSConfig.from_dict({"hidden": 32}).refine is False  # checkpoints written before the field load as is
 
 
 # ---- encoder -------------------------------------------------------------------------------------------------
@@ -92,8 +102,9 @@ def test_encoder_publishes_levels_and_odd_sizes_work(backbone):
 
 
 @pytest.mark.parametrize("size", [(64, 96), (65, 97), (71, 33)])
-def test_odd_input_sizes(size):
-    model = tiny(size=size)
+@pytest.mark.parametrize("refine", [False, True])
+def test_odd_input_sizes(size, refine):
+    model = tiny(size=size, refine=refine)
     state = model.init_state(2)
     with torch.no_grad():
         logits, state = model.step(torch.rand(2, 3, *size), state, torch.rand(2, 3, *size))
@@ -104,9 +115,10 @@ def test_odd_input_sizes(size):
 # ---- gradients -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode,recurrence", VARIANTS)
-def test_every_parameter_gets_a_gradient(mode, recurrence):
-    model = tiny(mode, recurrence).train()
+@pytest.mark.parametrize("mode,recurrence,refine", [(m, r, False) for m, r in VARIANTS] + [
+    ("zero-shot", "ST", True), ("one-shot", "ST", True)])
+def test_every_parameter_gets_a_gradient(mode, recurrence, refine):
+    model = tiny(mode, recurrence, refine=refine).train()
     clip, masks, valid = clip_and_masks(2, 2, 3, size=(32, 64))
     given = (masks, valid) if mode == "one-shot" else (None, None)
     logits, _ = model(clip, None, *given)
@@ -116,6 +128,26 @@ def test_every_parameter_gets_a_gradient(mode, recurrence):
         assert p.grad is not None, f"{name} got no gradient"
         assert p.grad.abs().sum() > 0, f"{name} got a zero gradient"
         assert torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_refinement_reads_the_stride_2_feature(backbone):
+    enc = Encoder(backbone, hidden=16, refine=True).eval()
+    plain = Encoder(backbone, hidden=16).eval()
+    plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("fine_projection")})
+    x = torch.rand(2, 3, 33, 47)
+    with torch.no_grad():
+        fine, feats = enc.features(x)
+        assert plain.features(x)[0] is None
+        for a, b in zip(feats, plain(x), strict=True):  # the tap does not change the four skips
+            torch.testing.assert_close(a, b)
+    assert fine is not None and tuple(fine.shape) == (2, 4, 17, 24)  # H/4 channels at stride 2
+    model = tiny("one-shot", refine=True)
+    keys = {k.split(".")[1] for k in model.state_dict() if k.startswith(("encoder.fine", "decoder.refine"))}
+    assert keys == {"fine_projection", "refine"}
+    assert not any("refine" in k or "fine_projection" in k for k in tiny("one-shot").state_dict())
+    # one-shot: upsampled finest h (H/8) + f1 (H/4) + the previous mask
+    assert model.decoder.refine[0].in_channels == 2 + 4 + 1
 
 
 def test_variants_build_only_the_inputs_they_use():
@@ -142,9 +174,9 @@ def test_parameter_count_matches_the_paper():
 # ---- step / forward / chunks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode,recurrence", VARIANTS)
-def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence):
-    model = tiny(mode, recurrence)
+@pytest.mark.parametrize("mode,recurrence,refine", [(m, r, False) for m, r in VARIANTS] + [("one-shot", "ST", True)])
+def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence, refine):
+    model = tiny(mode, recurrence, refine=refine)
     clip, masks, valid = clip_and_masks(2, 5, 3)
     given = (masks, valid) if mode == "one-shot" else (None, None)
     with torch.no_grad():

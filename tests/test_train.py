@@ -176,3 +176,25 @@ def test_colour_augmentation_recolours_images_only(tmp_path):
     assert changed >= 6
     cfg = _cfg(data, tmp_path / "run", iters=2, color_aug=True)
     assert np.isfinite(train(cfg, progress=False)["best_val_soft_iou"])
+
+
+def test_refinement_is_added_on_top_of_a_trained_model(tmp_path):
+    """--refine --init: every trained weight is kept, the logits start equal, and training moves the new head."""
+    from rvos_batch.train import add_refinement
+
+    data = _make_davis(tmp_path / "davis")
+    train(_cfg(data, tmp_path / "base", mode="one-shot", iters=2), progress=False)
+    base, base_cfg, _ = load_checkpoint(tmp_path / "base" / "best.pt")
+    assert not base_cfg.refine
+    refined = add_refinement(base).eval()
+    assert refined.config.refine and refined.decoder.refine is not None
+    clip = torch.rand(1, 3, 3, 48, 80)
+    given = (torch.rand(1, 3, 3, 48, 80) > 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(refined(clip, None, given)[0], base(clip, None, given)[0])
+    out = tmp_path / "refined"
+    train(_cfg(data, out, mode="one-shot", stage=2, init=str(tmp_path / "base" / "best.pt"), refine=True, lr=1e-2),
+          progress=False)
+    model, config, _ = load_checkpoint(out / "last.pt")
+    assert config.refine
+    assert model.decoder.refine is not None and model.decoder.refine[-1].weight.abs().sum() > 0

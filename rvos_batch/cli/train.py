@@ -32,6 +32,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "checkpoint when installed; 'none': from scratch)")
     p.add_argument("--init", default=None, metavar="CKPT", help="start from an rvos checkpoint (stage 2)")
     p.add_argument("--recurrence", choices=RECURRENCES, default="ST")
+    p.add_argument("--refine", action="store_true",
+                   help="add the stride-2 refinement head (not in the paper); with --init, on top of that model")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--slots", type=int, default=10, help="object slots")
     p.add_argument("--input-size", type=_size, default=(256, 448), metavar="HxW")
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, mode=args.mode, stage=args.stage, backbone=args.backbone,
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
-        recurrence=args.recurrence, hidden=args.hidden, num_slots=args.slots, input_size=args.input_size,
+        recurrence=args.recurrence, refine=args.refine, hidden=args.hidden, num_slots=args.slots,
+        input_size=args.input_size,
         clip_len=args.clip_len, color_aug=args.color_aug, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
         train_split=args.train_split, seed=args.seed, threads=args.threads,

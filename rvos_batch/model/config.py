@@ -27,7 +27,7 @@ class RVOSConfig:
     backbone: torchvision encoder. hidden: H, the width of the coarsest ConvLSTM (layers use H, H/2, H/4, H/8).
     num_slots: object slots decoded per frame. mode: "zero-shot" (RVOS) or "one-shot" (RVOS-Mask, previous mask
     as input). recurrence: "S" spatial only, "T" temporal only, "ST" both. input_size: (height, width) frames are
-    resized to.
+    resized to. refine: add the stride-2 refinement head (not in the paper; see ``rvos_batch.model.decoder``).
     """
 
     backbone: Backbone = "mobilenet_v2"
@@ -36,6 +36,7 @@ class RVOSConfig:
     mode: Mode = "zero-shot"
     recurrence: Recurrence = "ST"
     input_size: tuple[int, int] = (256, 448)
+    refine: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("backbone", self.backbone, BACKBONES)
@@ -45,6 +46,8 @@ class RVOSConfig:
             raise ConfigError(f"RVOSConfig.hidden={self.hidden!r}: allowed is a positive multiple of 8 (H/8 >= 1)")
         if not _is_int(self.num_slots) or self.num_slots < 1:
             raise ConfigError(f"RVOSConfig.num_slots={self.num_slots!r}: allowed is an integer >= 1")
+        if not isinstance(self.refine, bool):
+            raise ConfigError(f"RVOSConfig.refine={self.refine!r}: allowed is true or false")
         size = self.input_size
         if (
             not isinstance(size, (tuple, list))

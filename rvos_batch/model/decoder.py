@@ -4,6 +4,12 @@ One class serves every variant through its arguments: zero-shot / one-shot (prev
 channel) and S / T / ST recurrence. Inputs a variant does not have are not zero-filled: its gate convolutions
 are built without those channels, and without spatial recurrence there is no incoming cell, so the cell has
 no forget gate (three gates i, o, g instead of four). Layer k runs at the k-th coarsest encoder stride.
+
+Not in the paper, optional (``refine_channels``): a refinement head at stride 2. The paper's finest state is at
+stride 4, which caps boundary accuracy (a 128x224 input decodes at 32x56). The head reads the finest h upsampled
+to stride 2, the encoder's projected stride-2 feature and, one-shot, the previous mask there, and adds a
+correction to the logits. Its last convolution starts at zero, so a decoder given the head starts out computing
+exactly what it computed without it (``warm_start`` trains the head on top of a trained model).
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class RVOSDecoder(nn.Module):
         hidden: int,
         recurrence: str,
         one_shot: bool,
+        refine_channels: int = 0,
     ) -> None:
         super().__init__()
         if recurrence not in RECURRENCES:
@@ -78,6 +85,15 @@ class RVOSDecoder(nn.Module):
             cells.append(ConvLSTMCell(c_in, h, has_cell_input=self.spatial))
         self.cells = nn.ModuleList(cells)
         self.head = nn.Conv2d(self.hidden_sizes[-1], 1, 3, padding=1)
+        self.refine: nn.Sequential | None = None
+        if refine_channels:
+            c_in = self.hidden_sizes[-1] + refine_channels + int(one_shot)
+            width = max(self.hidden_sizes[-1], 8)
+            last = nn.Conv2d(width, 1, 3, padding=1)
+            assert last.bias is not None
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.refine = nn.Sequential(nn.Conv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True), last)
 
     def forward(
         self,
@@ -86,17 +102,20 @@ class RVOSDecoder(nn.Module):
         prev_mask: Tensor | None = None,
         spatial: Sequence[tuple[Tensor, Tensor]] | None = None,
         temporal: Sequence[Tensor] | None = None,
+        fine: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Decode one slot.
 
         skips: encoder features, fine to coarse, [(B, C_l, h_l, w_l)]. prev_mask: (B, 1, H, W) soft mask, one-shot
         only. spatial: per layer (h, c) of the previous slot in this frame (zeros for slot 0), only with spatial
         recurrence. temporal: per layer h of this slot in the previous frame, only with temporal recurrence.
+        fine: the encoder's stride-2 feature f1 (B, C_1, h_1, w_1), only with the refinement head.
         Returns logits (B, 1, *out_size) and per-layer h and c, coarse to fine.
         """
         assert (prev_mask is not None) == self.one_shot, "prev_mask is given iff the decoder is one-shot"
         assert (spatial is not None) == self.spatial, "spatial state is given iff spatial recurrence is on"
         assert (temporal is not None) == self.temporal, "temporal state is given iff temporal recurrence is on"
+        assert (fine is not None) == (self.refine is not None), "fine features are given iff the head refines"
         coarse_first = list(reversed(skips))
         hs: list[Tensor] = []
         cs: list[Tensor] = []
@@ -118,7 +137,15 @@ class RVOSDecoder(nn.Module):
             cs.append(c)
             x = h
         assert x is not None
-        x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)  # stride 4 -> 2
-        logits = self.head(x)  # (B, 1, ~H/2, ~W/2)
+        if fine is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)  # stride 4 -> 2
+            logits = self.head(x)  # (B, 1, ~H/2, ~W/2)
+        else:
+            assert self.refine is not None
+            x = F.interpolate(x, size=fine.shape[-2:], mode="bilinear", align_corners=False)  # stride 4 -> 2
+            parts = [x, fine]
+            if prev_mask is not None:
+                parts.append(F.adaptive_max_pool2d(prev_mask, fine.shape[-2:]))
+            logits = self.head(x) + self.refine(torch.cat(parts, dim=1))  # (B, 1, h_1, w_1)
         logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)  # (B, 1, H, W)
         return logits, hs, cs

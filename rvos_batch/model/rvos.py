@@ -112,9 +112,14 @@ class RVOS(nn.Module):
     def __init__(self, config: RVOSConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.backbone, config.hidden)
+        self.encoder = Encoder(config.backbone, config.hidden, refine=config.refine)
         self.decoder = RVOSDecoder(
-            self.encoder.channels, self.encoder.strides, config.hidden, config.recurrence, config.one_shot
+            self.encoder.channels,
+            self.encoder.strides,
+            config.hidden,
+            config.recurrence,
+            config.one_shot,
+            refine_channels=self.encoder.fine_channels,
         )
 
     # ---- state -------------------------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ class RVOS(nn.Module):
             raise ValueError(f"num_active_slots={n}: allowed is 1..{n_slots} (state slots)")
         valid = self._check_given(given_masks, given_valid, state, n)
 
-        skips = self.encoder(frames)  # fine to coarse, [(B, C_l, h_l, w_l)]
+        fine, skips = self.encoder.features(frames)  # f1 or None; fine to coarse, [(B, C_l, h_l, w_l)]
         sizes = [tuple(f.shape[-2:]) for f in reversed(skips)]  # layer order, coarse to fine
         for k, h in enumerate(state.hidden):
             assert tuple(h.shape[-2:]) == sizes[k], f"layer {k}: state {tuple(h.shape)} vs features {sizes[k]}"
@@ -224,7 +229,7 @@ class RVOS(nn.Module):
         for s in range(n):
             temporal = [h[:, s] for h in state.hidden] if cfg.temporal else None  # [(B, C_k, h_k, w_k)]
             mask_in = prev[:, s : s + 1] if prev is not None else None  # (B, 1, H, W)
-            logit, hs, cs = self.decoder(skips, (h_img, w_img), mask_in, spatial, temporal)
+            logit, hs, cs = self.decoder(skips, (h_img, w_img), mask_in, spatial, temporal, fine)
             if spatial is not None:
                 spatial = list(zip(hs, cs, strict=True))
             slot_logits.append(logit[:, 0])  # (B, H, W)
