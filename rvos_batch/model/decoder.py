@@ -9,7 +9,7 @@ Not in the paper, optional (``refine_channels``): a refinement head at stride 2.
 stride 4, which caps boundary accuracy (a 128x224 input decodes at 32x56). The head reads the finest h upsampled
 to stride 2, the encoder's projected stride-2 feature and, one-shot, the previous mask there, and adds a
 correction to the logits. Its last convolution starts at zero, so a decoder given the head starts out computing
-exactly what it computed without it (``warm_start`` trains the head on top of a trained model).
+exactly what it computed without it (``rvos_batch.train.add_refinement`` puts a head on a trained model).
 """
 
 from __future__ import annotations
