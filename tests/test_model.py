@@ -94,7 +94,8 @@ def test_encoder_publishes_levels_and_odd_sizes_work(backbone):
         for stage, c in zip(enc.stages, enc.backbone_channels, strict=True):
             x = stage(x)
             assert x.shape[1] == c
-        feats = enc(torch.rand(2, 3, *size))
+        fine, feats = enc(torch.rand(2, 3, *size))
+    assert fine is None
     assert [tuple(f.shape[1:]) for f in feats] == [
         (c, *hw) for c, hw in zip(enc.channels, enc.feature_sizes(size), strict=True)
     ]
@@ -137,9 +138,10 @@ def test_refinement_reads_the_stride_2_feature(backbone):
     plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("fine_projection")})
     x = torch.rand(2, 3, 33, 47)
     with torch.no_grad():
-        fine, feats = enc.features(x)
-        assert plain.features(x)[0] is None
-        for a, b in zip(feats, plain(x), strict=True):  # the tap does not change the four skips
+        fine, feats = enc(x)
+        plain_fine, plain_feats = plain(x)
+        assert plain_fine is None
+        for a, b in zip(feats, plain_feats, strict=True):  # the tap does not change the four skips
             torch.testing.assert_close(a, b)
     assert fine is not None and tuple(fine.shape) == (2, 4, 17, 24)  # H/4 channels at stride 2
     model = tiny("one-shot", refine=True)

@@ -224,6 +224,22 @@ def test_channels_last_and_compiled_model_equal_plain():
         BatchSession(compiled, PredictConfig(compile="aot_eager"), capacity=3)
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_compile_covers_the_encoder_and_the_decoder(refine):
+    """One step of a compiled model runs two compiled graphs: the encoder's and the per-slot decoder's."""
+    from torch._dynamo.utils import counters
+
+    from rvos_batch.predictor import compile_model
+
+    torch.manual_seed(0)
+    model = RVOS(RVOSConfig(hidden=16, num_slots=2, mode="one-shot", input_size=(32, 64), refine=refine)).eval()
+    compile_model(model, "eager")
+    counters.clear()
+    with torch.no_grad():
+        model.step(torch.rand(1, 3, 32, 64), model.init_state(1), torch.rand(1, 2, 32, 64))
+    assert counters["frames"]["ok"] == 2, dict(counters["frames"])
+
+
 def test_predict_config_fast_fields_are_validated():
     with pytest.raises(ValueError, match="compile"):
         PredictConfig(compile="fastest")

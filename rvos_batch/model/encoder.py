@@ -69,9 +69,10 @@ def _stem_tap(name: str) -> tuple[int, int]:
 
 
 class Encoder(nn.Module):
-    """Backbone + skip projections. ``forward(x (B,3,H,W) in [0,1])`` returns [f2, f3, f4, f5] (fine to coarse).
+    """Backbone + skip projections. ``forward(x (B,3,H,W) in [0,1])`` returns (f1, [f2, f3, f4, f5]), fine to
+    coarse. f1 is the stem's stride-2 output, projected, with ``refine``; without it f1 is None.
 
-    With ``refine`` the encoder also projects the stem's stride-2 output; ``features`` returns it as f1.
+    The whole result comes from ``forward``, so ``torch.compile`` of the module covers all of it.
     """
 
     mean: Tensor
@@ -101,7 +102,7 @@ class Encoder(nn.Module):
             else None
         )
 
-    def features(self, x: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+    def forward(self, x: Tensor) -> tuple[Tensor | None, list[Tensor]]:
         """(f1, [f2, f3, f4, f5]): f1 (B, hidden/4, ceil(H/2), ceil(W/2)) with ``refine``, else None."""
         assert x.dim() == 4 and x.shape[1] == 3, f"expected (B,3,H,W) RGB, got {tuple(x.shape)}"
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -113,9 +114,6 @@ class Encoder(nn.Module):
             x = stage(x)
             feats.append(proj(x))  # (B, C_l, ceil(H/s_l), ceil(W/s_l))
         return fine, feats
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return self.features(x)[1]
 
     @staticmethod
     def feature_sizes(image_size: tuple[int, int]) -> list[tuple[int, int]]:

@@ -206,7 +206,7 @@ class RVOS(nn.Module):
             raise ValueError(f"num_active_slots={n}: allowed is 1..{n_slots} (state slots)")
         valid = self._check_given(given_masks, given_valid, state, n)
 
-        fine, skips = self.encoder.features(frames)  # f1 or None; fine to coarse, [(B, C_l, h_l, w_l)]
+        fine, skips = self.encoder(frames)  # f1 or None; fine to coarse, [(B, C_l, h_l, w_l)]
         sizes = [tuple(f.shape[-2:]) for f in reversed(skips)]  # layer order, coarse to fine
         for k, h in enumerate(state.hidden):
             assert tuple(h.shape[-2:]) == sizes[k], f"layer {k}: state {tuple(h.shape)} vs features {sizes[k]}"
