@@ -106,9 +106,11 @@ class Encoder(nn.Module):
         """(f1, [f2, f3, f4, f5]): f1 (B, hidden/4, ceil(H/2), ceil(W/2)) with ``refine``, else None."""
         assert x.dim() == 4 and x.shape[1] == 3, f"expected (B,3,H,W) RGB, got {tuple(x.shape)}"
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        x = self.stem[: self._tap](x)
-        fine = None if self.fine_projection is None else self.fine_projection(x)
-        x = self.stem[self._tap :](x)
+        fine = None
+        for i, layer in enumerate(self.stem, start=1):  # (slicing the Sequential would build modules every call)
+            x = layer(x)
+            if i == self._tap and self.fine_projection is not None:
+                fine = self.fine_projection(x)  # the stem's stride-2 output, projected
         feats = []
         for stage, proj in zip(self.stages, self.projections, strict=True):
             x = stage(x)
