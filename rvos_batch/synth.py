@@ -15,6 +15,12 @@ or dark colours; the key colours of a texture come from HSV ranges disjoint from
 held-out test set made with another seed and ``textures="heldout"`` shares no texture family and no key colour
 with any training set.
 
+``photos`` (a folder of images or video files, or one such file) adds real appearance: with probability
+``photo_prob`` an object's texture or the background is a crop of a real photograph (or of a video frame) at a
+random zoom instead of a procedural texture. Photographs have no texture family and no colour scheme: a
+training set made with them still shares no procedural family with a ``heldout`` set, but its photographs can
+hold any colour. Without ``photos`` the random stream, and so every byte, is as before.
+
 Layout written (DAVIS 2017)::
 
     OUT/JPEGImages/480p/<video>/00000.jpg     RGB frames, ``height`` x ``width`` (default 240x427)
@@ -62,6 +68,8 @@ class SynthConfig:
     enter_leave_prob: float = 0.35  # per object (not the first): chance to enter late, and chance to leave early
     min_visible_pixels: int = 24
     jpeg_quality: int = 90
+    photos: str | None = None  # folder of images/videos, or one file: real-appearance textures (see the module doc)
+    photo_prob: float = 0.5  # chance that a texture is a photograph crop, when ``photos`` is given
 
     def __post_init__(self) -> None:
         if self.videos < 1 or self.frames < 1:
@@ -74,6 +82,8 @@ class SynthConfig:
             raise RvosBatchError(
                 f"synth: need 1 <= min_objects <= max_objects <= 255, got {self.min_objects}, {self.max_objects}"
             )
+        if not 0.0 <= self.photo_prob <= 1.0:
+            raise RvosBatchError(f"synth: photo_prob must be in [0, 1], got {self.photo_prob}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -243,6 +253,93 @@ def texture(h: int, w: int, rng: np.random.Generator, textures: str, family: str
     return c[0] * lo + c[1] * (1 - lo - hi) + c[2] * hi
 
 
+PHOTO_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PHOTO_VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+PHOTO_MAX_SIDE = 640  # photographs are kept at most this large: textures are drawn at <= 1.6x a 240x427 frame
+PHOTO_FRAMES_PER_VIDEO = 24  # frames taken from each video file, evenly spaced
+
+
+class Photos:
+    """A pool of real photographs (RGB uint8 arrays) read from image files and evenly spaced video frames.
+
+    ``path`` is a folder (searched recursively, files in sorted order) or one image or video file. Videos are
+    decoded with PyAV. A file that cannot be read is an error naming it: a texture pool silently missing half
+    its photographs would change a dataset without a trace.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        root = Path(path)
+        if root.is_dir():
+            suffixes = PHOTO_IMAGE_SUFFIXES + PHOTO_VIDEO_SUFFIXES
+            files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix.lower() in suffixes)
+        elif root.is_file():
+            files = [root]
+        else:
+            raise InputLayoutError(f"synth photos: {root} is neither a folder nor a file")
+        self.images: list[np.ndarray] = []
+        for f in files:
+            if f.suffix.lower() in PHOTO_VIDEO_SUFFIXES:
+                self.images.extend(_video_photos(f))
+            elif f.suffix.lower() in PHOTO_IMAGE_SUFFIXES:
+                try:
+                    with Image.open(f) as im:
+                        self.images.append(_shrink(np.asarray(im.convert("RGB"))))
+                except OSError as e:
+                    raise InputLayoutError(f"synth photos: {f} is not a readable image ({e})") from None
+            else:
+                known = ", ".join(PHOTO_IMAGE_SUFFIXES + PHOTO_VIDEO_SUFFIXES)
+                raise InputLayoutError(f"synth photos: {f} is neither an image nor a video ({known})")
+        if not self.images:
+            raise InputLayoutError(f"synth photos: no images or videos under {root}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def texture(self, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+        """An RGB float32 (h, w, 3) crop of a random photograph at a random zoom, maybe mirrored."""
+        img = self.images[int(rng.integers(len(self.images)))]
+        ph, pw = img.shape[:2]
+        # zoom = output px per photo px; at least enough for the crop to fit inside the photograph
+        zoom = max(rng.uniform(0.6, 2.0), h / ph, w / pw)
+        ch, cw = min(ph, max(1, round(h / zoom))), min(pw, max(1, round(w / zoom)))
+        y0, x0 = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+        crop = Image.fromarray(img[y0 : y0 + ch, x0 : x0 + cw]).resize((w, h), Image.Resampling.BILINEAR)
+        out = np.asarray(crop, dtype=np.float32)
+        return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+def _shrink(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if max(h, w) <= PHOTO_MAX_SIDE:
+        return np.ascontiguousarray(rgb)
+    s = PHOTO_MAX_SIDE / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+
+
+def _video_photos(path: Path) -> list[np.ndarray]:
+    import av  # PyAV, a dependency of the video ingest layout
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputLayoutError(f"synth photos: {path} has no video stream")
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+    except av.FFmpegError as e:
+        raise InputLayoutError(f"synth photos: {path} is not a readable video ({e})") from None
+    if not frames:
+        raise InputLayoutError(f"synth photos: {path} has no decodable frames")
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(PHOTO_FRAMES_PER_VIDEO, len(frames))).round().astype(int))
+    return [_shrink(frames[i]) for i in idx]
+
+
+def _texture(h: int, w: int, rng: np.random.Generator, cfg: SynthConfig, photos: Photos | None) -> np.ndarray:
+    """A procedural texture of ``cfg.textures``, or, with ``photos``, a photograph crop with ``cfg.photo_prob``."""
+    if photos is not None and rng.random() < cfg.photo_prob:
+        return photos.texture(h, w, rng)
+    return texture(h, w, rng, cfg.textures)
+
+
 # --------------------------------------------------------------------------------------------- one video
 
 
@@ -254,7 +351,9 @@ class _Placement:
     tex: np.ndarray  # (oh, ow, 3) float32
 
 
-def _track(rng: np.random.Generator, sources: _Sources, cfg: SynthConfig, life: tuple[int, int]) -> _Placement | None:
+def _track(
+    rng: np.random.Generator, sources: _Sources, cfg: SynthConfig, life: tuple[int, int], photos: Photos | None
+) -> _Placement | None:
     src = sources.video(str(rng.choice(sources.names)))
     ids = np.unique(src)
     ids = ids[ids != 0]
@@ -290,7 +389,7 @@ def _track(rng: np.random.Generator, sources: _Sources, cfg: SynthConfig, life: 
     masks = np.zeros((cfg.frames, oh, ow), dtype=bool)
     masks[a:b] = seq[:, ry][:, :, rx]
     cy, cx = rng.uniform(0.2, 0.8) * cfg.height, rng.uniform(0.15, 0.85) * cfg.width
-    tex = texture(oh, ow, rng, cfg.textures)
+    tex = _texture(oh, ow, rng, cfg, photos)
     return _Placement(masks, int(cy - oh / 2), int(cx - ow / 2), tex)
 
 
@@ -315,11 +414,13 @@ def _label_maps(placements: list[_Placement], cfg: SynthConfig) -> np.ndarray:
     return ids
 
 
-def _background(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+def _background(
+    rng: np.random.Generator, cfg: SynthConfig, photos: Photos | None
+) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
     """A textured background 1.6x the frame and a per-frame (centre y, centre x, zoom) camera path."""
     bh, bw = math.ceil(1.6 * cfg.height), math.ceil(1.6 * cfg.width)
-    bg = texture(bh, bw, rng, cfg.textures)
-    bg = 0.75 * bg + 0.25 * texture(bh, bw, rng, cfg.textures)  # two layers: less regular than an object
+    bg = _texture(bh, bw, rng, cfg, photos)
+    bg = 0.75 * bg + 0.25 * _texture(bh, bw, rng, cfg, photos)  # two layers: less regular than an object
     z0, z1 = rng.uniform(1.0, 1.5, 2)
     path = []
     ends = []
@@ -338,8 +439,13 @@ def _background(rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray,
     return bg, path
 
 
-def make_video(index: int, cfg: SynthConfig, sources: _Sources) -> tuple[np.ndarray, np.ndarray]:
-    """Frames (T, H, W, 3) uint8 and ids (T, H, W) uint8 of synthetic video ``index``."""
+def make_video(
+    index: int, cfg: SynthConfig, sources: _Sources, photos: Photos | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (T, H, W, 3) uint8 and ids (T, H, W) uint8 of synthetic video ``index``.
+
+    ``photos`` is the pool loaded from ``cfg.photos`` (``write_dataset`` loads it once for all videos).
+    """
     rng = np.random.default_rng([cfg.seed, index, TEXTURE_SETS.index(cfg.textures)])
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     placements: list[_Placement] = []
@@ -353,7 +459,7 @@ def make_video(index: int, cfg: SynthConfig, sources: _Sources) -> tuple[np.ndar
             low = max(a + 2, cfg.frames // 2 + 1)
             if rng.random() < cfg.enter_leave_prob and low < cfg.frames:
                 b = int(rng.integers(low, cfg.frames))
-        p = _track(rng, sources, cfg, (a, b))
+        p = _track(rng, sources, cfg, (a, b), photos)
         if p is not None:
             placements.append(p)
     # drop objects that are (almost) never visible, then fix ids 1..K in z-order
@@ -364,7 +470,7 @@ def make_video(index: int, cfg: SynthConfig, sources: _Sources) -> tuple[np.ndar
         if len(keep) != len(placements):
             placements = keep
             ids = _label_maps(placements, cfg)
-    bg, path = _background(rng, cfg)
+    bg, path = _background(rng, cfg, photos)
     frames = np.empty((cfg.frames, cfg.height, cfg.width, 3), dtype=np.uint8)
     for t, (cy, cx, z) in enumerate(path):
         ys = np.clip((cy + (np.arange(cfg.height) + 0.5 - cfg.height / 2) * z).astype(int), 0, bg.shape[0] - 1)
@@ -398,9 +504,10 @@ def write_dataset(
     if not overwrite and (images.exists() or annotations.exists()):
         raise RvosBatchError(f"{root}: already holds a dataset (JPEGImages/ or Annotations/); pass overwrite")
     sources = _Sources(find_source(source))
+    photos = Photos(cfg.photos) if cfg.photos is not None else None
     names = []
     for i in range(cfg.videos):
-        frames, ids = make_video(i, cfg, sources)
+        frames, ids = make_video(i, cfg, sources, photos)
         name = video_name(i)
         (images / name).mkdir(parents=True, exist_ok=True)
         (annotations / name).mkdir(parents=True, exist_ok=True)

