@@ -19,6 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,14 +43,16 @@ class TrainConfig:
     out: str
     mode: str = "zero-shot"
     stage: int = 1  # one-shot: 1 feeds the ground-truth previous mask, 2 the model's own prediction
-    backbone: str = "mobilenet_v2"
+    # The model's shape: None takes the --init (or resumed) model's value, else MODEL_DEFAULTS. A value given
+    # with --init that differs from that model's is an error (see resolve_model_fields).
+    backbone: str | None = None
     backbone_weights: str | None = "auto"  # a torchvision ImageNet checkpoint; "auto": the offline mobilenet_v2
     init: str | None = None  # start from this rvos checkpoint (stage 2 starts from stage 1)
-    recurrence: str = "ST"
+    recurrence: str | None = None
     refine: bool = False  # the stride-2 refinement head (not in the paper); with --init, added to that model
-    hidden: int = 128
-    num_slots: int = 10
-    input_size: tuple[int, int] = (256, 448)
+    hidden: int | None = None
+    num_slots: int | None = None
+    input_size: tuple[int, int] | None = None
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
     batch_size: int = 4
@@ -78,6 +81,40 @@ class TrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+# The model shape of a run from scratch when not given: the paper's input size, hidden 128, 10 slots.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "backbone": "mobilenet_v2", "recurrence": "ST", "hidden": 128, "num_slots": 10, "input_size": (256, 448)}
+
+
+def resolve_model_fields(cfg: TrainConfig, model_config: RVOSConfig | None, source: str = "") -> TrainConfig:
+    """``cfg`` with every model-shape field set: from ``model_config`` (the --init or resumed model, named by
+    ``source``) where there is one, else from MODEL_DEFAULTS.
+
+    Training data must be cut to the size and slot count of the model it trains: a model trained at one input
+    size is run at that size by the labeling job. So a field given explicitly that contradicts the model is an
+    error naming both values, never silently ignored.
+    """
+    values = {}
+    for name, default in MODEL_DEFAULTS.items():
+        given = _plain_value(getattr(cfg, name))
+        if model_config is None:
+            values[name] = default if given is None else given
+            continue
+        have = _plain_value(getattr(model_config, name))
+        if given is not None and given != have:
+            flag = "--slots" if name == "num_slots" else "--" + name.replace("_", "-")
+            raise RvosBatchError(f"{flag} {_show(given)} differs from {source}, which has {_show(have)}; "
+                                 f"leave {flag} out to train that model as it is")
+        values[name] = have
+    return replace(cfg, **values)
+
+
+def _plain_value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _show(value: Any) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def lr_factor(schedule: str, step: int, iters: int) -> float:
@@ -172,9 +209,9 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
     model.eval()
     scores = []
     for video in videos:
-        images, labels = load_video(video, cfg.input_size)
+        images, labels = load_video(video, model.config.input_size)
         images, labels = images[: cfg.val_frames], labels[: cfg.val_frames]
-        ids = [int(i) for i in np.unique(labels) if i not in (0, 255)][: cfg.num_slots]
+        ids = [int(i) for i in np.unique(labels) if i not in (0, 255)][: model.config.num_slots]
         if not ids:
             continue
         img = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)[None].to(device)  # (1, T, 3, H, W)
@@ -197,13 +234,16 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
+    """The model a run starts from: the --init checkpoint (its shape; see resolve_model_fields), or a new one."""
     if cfg.init:
         model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
+        resolve_model_fields(cfg, init_cfg, f"--init {cfg.init}")
         if cfg.refine and not init_cfg.refine:
             model = add_refinement(model)
         return model.to(device)
+    cfg = resolve_model_fields(cfg, None)
     mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,
                                  "mode": cfg.mode, "recurrence": cfg.recurrence, "input_size": cfg.input_size,
                                  "refine": cfg.refine})
@@ -272,6 +312,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         model, _, extra = load_checkpoint(last, map_location=device)
         if extra.get("train_config", {}).get("mode") != cfg.mode:
             raise RvosBatchError(f"{last} is a {extra.get('train_config', {}).get('mode')} run; use another OUT")
+        cfg = resolve_model_fields(cfg, model.config, f"the run being resumed ({last})")
         model.train()
         opt = torch.optim.Adam(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
         opt.load_state_dict(extra["optimizer"])
@@ -279,10 +320,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         log.info("resuming %s at step %d (best val %.4f)", out, start, best)
     else:
         model = build_model(cfg, device)
+        cfg = resolve_model_fields(cfg, model.config, f"--init {cfg.init}" if cfg.init else "the new model")
         model.train()
         opt = torch.optim.Adam(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    data = ClipDataset(train_videos, cfg.input_size, cfg.clip_len, cfg.num_slots, augment=True,
+    # the model's own size and slots (cfg's are resolved to the same values above)
+    data = ClipDataset(train_videos, model.config.input_size, cfg.clip_len, model.config.num_slots, augment=True,
                        length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug)
     log_path = out / "log.csv"
     new_log = not log_path.exists()
@@ -329,5 +372,5 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 def _plain(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
-    d["input_size"] = list(cfg.input_size)
+    d["input_size"] = list(cfg.input_size) if cfg.input_size is not None else None
     return d

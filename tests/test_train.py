@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from PIL import Image
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.imaging import encode_palette_png
 from rvos_batch.model.checkpoint import load_checkpoint
-from rvos_batch.train import TrainConfig, lr_factor, match_slots, one_shot_inputs, soft_iou_loss, train
+from rvos_batch.train import (
+    TrainConfig,
+    lr_factor,
+    match_slots,
+    one_shot_inputs,
+    resolve_model_fields,
+    soft_iou_loss,
+    train,
+)
 
 
 def _make_davis(root, videos=3, frames=6, size=(48, 80)):
@@ -75,6 +84,30 @@ def test_resume_continues_from_last_step(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # no step trained twice
     _, _, extra = load_checkpoint(out / "last.pt")
     assert extra["step"] == 4
+
+
+def test_init_and_resume_train_the_model_at_its_own_shape(tmp_path):
+    """--init (and a resumed run) takes the model's input size and slots: data cut to another size would train a
+    model at one size that labels at another. A contradicting explicit value is an error naming both."""
+    data = _make_davis(tmp_path / "davis")
+    train(_cfg(data, tmp_path / "s1", mode="one-shot", iters=2), progress=False)  # 48x80, 3 slots
+    init = str(tmp_path / "s1" / "best.pt")
+    shape = dict(backbone=None, hidden=None, num_slots=None, input_size=None)
+    out = tmp_path / "s2"
+    train(_cfg(data, out, mode="one-shot", stage=2, init=init, iters=2, **shape), progress=False)
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert recorded["input_size"] == [48, 80] and recorded["num_slots"] == 3 and recorded["hidden"] == 16
+    _, _, extra = load_checkpoint(out / "last.pt")
+    assert extra["train_config"]["input_size"] == [48, 80]
+    with pytest.raises(RvosBatchError, match=r"--input-size 64x96 differs from --init .*48x80"):
+        train(_cfg(data, tmp_path / "bad", mode="one-shot", stage=2, init=init, iters=2,
+                   **{**shape, "input_size": (64, 96)}), progress=False)
+    with pytest.raises(RvosBatchError, match=r"--slots 5 differs from the run being resumed .* 3"):
+        train(_cfg(data, out, mode="one-shot", stage=2, init=init, iters=4, **{**shape, "num_slots": 5}),
+              progress=False)
+    # a run from scratch with nothing given gets the paper's shape
+    fresh = resolve_model_fields(TrainConfig(data="d", out="o"), None)
+    assert (fresh.input_size, fresh.num_slots, fresh.hidden, fresh.backbone) == ((256, 448), 10, 128, "mobilenet_v2")
 
 
 @pytest.mark.parametrize("mode", ["zero-shot", "one-shot"])

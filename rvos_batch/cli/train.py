@@ -26,17 +26,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("zero-shot", "one-shot"), default="zero-shot")
     p.add_argument("--stage", type=int, choices=(1, 2), default=1,
                    help="one-shot: 1 feeds ground-truth previous masks, 2 the model's own (ST+)")
-    p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2")
+    shape = " (default: the --init model's, else %s)"
+    p.add_argument("--backbone", choices=BACKBONES, help="backbone" + shape % "mobilenet_v2")
     p.add_argument("--backbone-weights", default="auto", metavar="PATH",
                    help="torchvision ImageNet checkpoint for the backbone ('auto': the offline mobilenet_v2 "
                         "checkpoint when installed; 'none': from scratch)")
     p.add_argument("--init", default=None, metavar="CKPT", help="start from an rvos checkpoint (stage 2)")
-    p.add_argument("--recurrence", choices=RECURRENCES, default="ST")
+    p.add_argument("--recurrence", choices=RECURRENCES, help="S, T or ST" + shape % "ST")
     p.add_argument("--refine", action="store_true",
                    help="add the stride-2 refinement head (not in the paper); with --init, on top of that model")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--slots", type=int, default=10, help="object slots")
-    p.add_argument("--input-size", type=_size, default=(256, 448), metavar="HxW")
+    p.add_argument("--hidden", type=int, help="decoder width" + shape % "128")
+    p.add_argument("--slots", type=int, help="object slots" + shape % "10")
+    p.add_argument("--input-size", type=_size, metavar="HxW", help="training size" + shape % "256x448")
     p.add_argument("--clip-len", type=int, default=5)
     p.add_argument("--color-aug", action="store_true",
                    help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
