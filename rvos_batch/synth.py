@@ -318,19 +318,27 @@ def _shrink(rgb: np.ndarray) -> np.ndarray:
 
 
 def _video_photos(path: Path) -> list[np.ndarray]:
+    """PHOTO_FRAMES_PER_VIDEO evenly spaced frames of a video, each shrunk as it is decoded: a long video is
+    counted first (packets, not decoded) so that only the chosen frames are ever kept in memory."""
     import av  # PyAV, a dependency of the video ingest layout
 
+    kept: list[np.ndarray] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise InputLayoutError(f"synth photos: {path} has no video stream")
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+            stream = container.streams.video[0]
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+            chosen = set(np.linspace(0, max(0, total - 1), min(PHOTO_FRAMES_PER_VIDEO, total)).round().astype(int))
+            container.seek(0)
+            for i, frame in enumerate(container.decode(stream)):
+                if i in chosen:
+                    kept.append(_shrink(frame.to_ndarray(format="rgb24")))
     except av.FFmpegError as e:
         raise InputLayoutError(f"synth photos: {path} is not a readable video ({e})") from None
-    if not frames:
+    if not kept:
         raise InputLayoutError(f"synth photos: {path} has no decodable frames")
-    idx = np.unique(np.linspace(0, len(frames) - 1, min(PHOTO_FRAMES_PER_VIDEO, len(frames))).round().astype(int))
-    return [_shrink(frames[i]) for i in idx]
+    return kept
 
 
 def _texture(h: int, w: int, rng: np.random.Generator, cfg: SynthConfig, photos: Photos | None) -> np.ndarray:
