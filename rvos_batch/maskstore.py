@@ -410,7 +410,8 @@ class MaskStore:
 
         Two runs that find the same stale lock at once must not both take it over: the taker first creates
         ``_lock-takeover-<stale owner>.json`` exclusively, so exactly one of them replaces the lock and the
-        other refuses. A conditional create whose reply was lost (the object store took the PUT, the client
+        other refuses. A claim left by a taker killed mid-takeover is followed, not obeyed (``_claim_takeover``).
+        A conditional create whose reply was lost (the object store took the PUT, the client
         retried and got "already exists") is recognised by the owner id inside and counts as acquired.
         """
         path = self._path(LOCK_NAME)
@@ -467,11 +468,7 @@ class MaskStore:
 
     def _take_over(self, path: str, stale: dict[str, Any], holder: dict[str, Any], data: bytes) -> str:
         """Replace the stale lock ``stale`` by ours, unless another run is doing the same; returns the claim path."""
-        stale_owner = re.sub(r"[^0-9A-Za-z]", "", str(stale.get("owner") or ""))[:64] or "unknown"
-        claim = self._path(f"_lock-takeover-{stale_owner}.json")
-        if not self._create_exclusive(claim, data) and self._read_lock(claim).get("owner") != holder["owner"]:
-            raise MaskStoreError(f"{self.url}: another run is taking over the stale lock {LOCK_NAME} right now: "
-                                 f"{self._read_lock(claim)}")
+        claim, dead_claims = self._claim_takeover(stale, holder, data)
         now = self._read_lock(path)
         taken = now.get("owner") not in (stale.get("owner"), holder["owner"])
         if now and taken:  # replaced since we found it stale: a live run holds it now
@@ -489,7 +486,36 @@ class MaskStore:
         if now:
             storage.write_json_atomic(self.fs, path, holder)
         log.warning("%s: took over the lock left by %s", self.url, {k: stale.get(k) for k in ("host", "pid")})
+        for dead in dead_claims:  # claims of takers that died mid-takeover: ours supersedes them
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(dead)
         return claim
+
+    def _claim_takeover(self, stale: dict[str, Any], holder: dict[str, Any], data: bytes) -> tuple[str, list[str]]:
+        """Create the claim ``_lock-takeover-<stale owner>.json`` exclusively; returns it and the dead claims passed.
+
+        A claim whose taker died before replacing the lock (killed mid-takeover) is itself stale. It must not
+        block every later run, so the next taker follows it: the dead taker's owner id names the next claim,
+        ``_lock-takeover-<dead taker>.json``, and so on. Every run that finds the same stale lock follows the same
+        chain of names, so exactly one of them creates the first free claim; a live claim still refuses.
+        """
+        dead_claims: list[str] = []
+        owner = stale.get("owner")
+        for _ in range(64):  # a chain this long means something other than dead takers: refuse below
+            name = re.sub(r"[^0-9A-Za-z]", "", str(owner or ""))[:64] or "unknown"
+            claim = self._path(f"_lock-takeover-{name}.json")
+            if self._create_exclusive(claim, data):
+                return claim, dead_claims
+            current = self._read_lock(claim)
+            if current.get("owner") == holder["owner"]:
+                return claim, dead_claims  # our own create succeeded; only its reply was lost
+            if not current or not _lock_is_stale(current) or current.get("owner") in (None, owner):
+                raise MaskStoreError(f"{self.url}: another run is taking over the stale lock {LOCK_NAME} right "
+                                     f"now: {current}")
+            dead_claims.append(claim)
+            owner = current.get("owner")
+        raise MaskStoreError(f"{self.url}: {len(dead_claims)} stale _lock-takeover-*.json claims in a row; delete "
+                             f"them and {LOCK_NAME} once no run is using {self.url}")
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
         if storage.is_local(self.fs):

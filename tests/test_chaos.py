@@ -446,7 +446,8 @@ def test_stale_lock_found_by_two_runs_at_once_is_taken_over_by_one(tmp_path: Pat
 
     def stale_together(holder: dict) -> bool:
         verdict = real_stale(holder)
-        barrier.wait()  # both have read the stale lock before either acts on it
+        if holder.get("owner") == "deadbeef":  # the lock itself (the loser also judges the winner's live claim)
+            barrier.wait()  # both have read the stale lock before either acts on it
         return verdict
 
     monkeypatch.setattr(maskstore, "_lock_is_stale", stale_together)
@@ -469,6 +470,32 @@ def test_stale_lock_found_by_two_runs_at_once_is_taken_over_by_one(tmp_path: Pat
         t.join(30)
     assert sorted(o.split(":")[0] for o in outcomes) == ["acquired", "refused"], outcomes
     assert not (out / "_lock.json").exists() and not list(out.glob("_lock-takeover-*"))
+
+
+def test_a_taker_killed_mid_takeover_does_not_block_later_runs(tmp_path: Path) -> None:
+    """A run killed between claiming a stale lock and replacing it leaves the stale lock and its claim behind
+    (the nightly driver-kill scenario hit it). The next run follows the dead claim, takes the lock, and cleans up;
+    a claim whose taker is alive still refuses."""
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = [int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                               text=True).stdout) for _ in range(2)]
+    host = socket.gethostname()
+    (out / "_lock.json").write_text(json.dumps({"owner": "driver1", "host": host, "pid": dead[0]}))
+    (out / "_lock-takeover-driver1.json").write_text(json.dumps({"owner": "taker2", "host": host, "pid": dead[1]}))
+    with MaskStore(str(out)).lock() as holder:
+        assert json.loads((out / "_lock.json").read_text())["owner"] == holder["owner"]
+        assert [p.name for p in out.glob("_lock-takeover-*")] == ["_lock-takeover-taker2.json"]  # ours
+    assert not (out / "_lock.json").exists() and not list(out.glob("_lock-takeover-*"))
+
+    (out / "_lock.json").write_text(json.dumps({"owner": "driver1", "host": host, "pid": dead[0]}))
+    alive = {"owner": "taker3", "host": host, "pid": os.getpid(), "heartbeat_at": time.time()}
+    (out / "_lock-takeover-driver1.json").write_text(json.dumps(alive))
+    with pytest.raises(MaskStoreError, match="taking over the stale lock _lock.json right now"):
+        with MaskStore(str(out)).lock():
+            pass
 
 
 # --------------------------------------------------------------------------------------------- storage faults
