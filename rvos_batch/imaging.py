@@ -243,6 +243,14 @@ def encode_palette_png(ids: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def fit_size(w: int, h: int, max_side: int | None) -> tuple[int, int]:
+    """(w, h) shrunk, aspect kept, so that the longer side is at most ``max_side`` (None: unchanged)."""
+    if max_side is None or max(w, h) <= max_side:
+        return w, h
+    s = max_side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
 def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     """JPEG bytes of an RGB uint8 (H, W, 3) array (or grey (H, W)); ``quality`` 1..100."""
     arr = np.asarray(rgb)

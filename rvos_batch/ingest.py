@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from rvos_batch.corpus import CorpusWriter
 from rvos_batch.errors import ImageDecodeError, InputLayoutError
-from rvos_batch.imaging import DEFAULT_MAX_PIXELS, check_image, encode_jpeg, read_palette_png
+from rvos_batch.imaging import DEFAULT_MAX_PIXELS, check_image, encode_jpeg, fit_size, read_palette_png
 from rvos_batch.storage import get_fs, is_local, join
 
 log = logging.getLogger(__name__)
@@ -360,13 +360,6 @@ def _reason(e: Exception) -> str:
     return text.split(": ", 1)[1] if text.startswith("image (") and ": " in text else text
 
 
-def _scaled(w: int, h: int, max_side: int | None) -> tuple[int, int]:
-    if max_side is None or max(w, h) <= max_side:
-        return w, h
-    s = max_side / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
-
-
 def _video_frames(
     src: _Source, video: _FileVideo, fps: float | None, max_side: int | None, quality: int
 ) -> Iterator[tuple[int, bytes, int, int, str]]:
@@ -401,7 +394,7 @@ def _video_frames(
                     if t - t0 < next_k / fps - tol:
                         continue
                     next_k = int(np.floor((t - t0 + tol) * fps)) + 1
-                w, h = _scaled(frame.width, frame.height, max_side)
+                w, h = fit_size(frame.width, frame.height, max_side)
                 rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
                 yield count, encode_jpeg(rgb, quality=quality), w, h, f"{rel}#t={t:.3f}"
                 count += 1

@@ -310,10 +310,9 @@ class Photos:
 
 def _shrink(rgb: np.ndarray) -> np.ndarray:
     h, w = rgb.shape[:2]
-    if max(h, w) <= PHOTO_MAX_SIDE:
+    size = imaging.fit_size(w, h, PHOTO_MAX_SIDE)
+    if size == (w, h):
         return np.ascontiguousarray(rgb)
-    s = PHOTO_MAX_SIDE / max(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
     return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
 
 
