@@ -234,12 +234,12 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
-    """The model a run starts from: the --init checkpoint (its shape; see resolve_model_fields), or a new one."""
+    """The model a run starts from: the --init checkpoint, whose shape wins (``train`` then resolves ``cfg``
+    against it and refuses a contradicting one: see resolve_model_fields), or a new one."""
     if cfg.init:
         model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
-        resolve_model_fields(cfg, init_cfg, f"--init {cfg.init}")
         if cfg.refine and not init_cfg.refine:
             model = add_refinement(model)
         return model.to(device)
