@@ -457,11 +457,9 @@ class MaskStore:
             beat_thread.join(timeout=5)
             try:
                 if self._read_lock(path).get("owner") == holder["owner"]:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm(path)
+                    self._discard(path)
                 if claim is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        self.fs.rm(claim)
+                    self._discard(claim)
             except Exception as e:  # storage failing now must not hide how the run went; the lease expires
                 log.warning("%s: could not release the lock %s (%s: %s); it expires %.0f s after its last "
                             "heartbeat, or delete it", self.url, LOCK_NAME, type(e).__name__, e, LOCK_TTL_S)
@@ -472,24 +470,22 @@ class MaskStore:
         now = self._read_lock(path)
         taken = now.get("owner") not in (stale.get("owner"), holder["owner"])
         if now and taken:  # replaced since we found it stale: a live run holds it now
-            try:
-                self.fs.rm(claim)
-            except FileNotFoundError:
-                pass
+            self._discard(claim)
             raise MaskStoreError(f"{self.url}: another run just took the lock {LOCK_NAME}: {now}")
         if not now and not self._create_exclusive(path, data):  # released meanwhile: create it as usual
-            try:
-                self.fs.rm(claim)
-            except FileNotFoundError:
-                pass
+            self._discard(claim)
             raise MaskStoreError(f"{self.url}: another run just took the lock {LOCK_NAME}: {self._read_lock(path)}")
         if now:
             storage.write_json_atomic(self.fs, path, holder)
         log.warning("%s: took over the lock left by %s", self.url, {k: stale.get(k) for k in ("host", "pid")})
         for dead in dead_claims:  # claims of takers that died mid-takeover: ours supersedes them
-            with contextlib.suppress(FileNotFoundError):
-                self.fs.rm(dead)
+            self._discard(dead)
         return claim
+
+    def _discard(self, path: str) -> None:
+        """Remove a lock or claim file; one already gone is fine."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path)
 
     def _claim_takeover(self, stale: dict[str, Any], holder: dict[str, Any], data: bytes) -> tuple[str, list[str]]:
         """Create the claim ``_lock-takeover-<stale owner>.json`` exclusively; returns it and the dead claims passed.
