@@ -92,7 +92,8 @@ def resolve_model_fields(cfg: TrainConfig, model_config: RVOSConfig | None, sour
 
     Training data must be cut to the size and slot count of the model it trains: a model trained at one input
     size is run at that size by the labeling job. So a field given explicitly that contradicts the model is an
-    error naming both values, never silently ignored.
+    error naming both values, never silently ignored. (An --init model is re-sized to an explicit --input-size
+    by ``build_model`` before this runs: its weights do not depend on the size. A resumed run keeps its own.)
     """
     values = {}
     for name, default in MODEL_DEFAULTS.items():
@@ -235,13 +236,20 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
 
 def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
     """The model a run starts from: the --init checkpoint, whose shape wins (``train`` then resolves ``cfg``
-    against it and refuses a contradicting one: see resolve_model_fields), or a new one."""
+    against it and refuses a contradicting one: see resolve_model_fields), or a new one.
+
+    Two changes to an --init model are allowed, both keeping every trained weight: ``--refine`` adds the
+    refinement head, and an explicit ``--input-size`` re-sizes it (fine-tuning at a larger size than a model was
+    first trained at; the labeling job then runs it at the new size)."""
     if cfg.init:
         model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
         if cfg.refine and not init_cfg.refine:
             model = add_refinement(model)
+        if cfg.input_size is not None and (size := (cfg.input_size[0], cfg.input_size[1])) != model.config.input_size:
+            log.info("--init %s: re-sized from %s to %s", cfg.init, _show(model.config.input_size), _show(size))
+            model.config = replace(model.config, input_size=size)
         return model.to(device)
     cfg = resolve_model_fields(cfg, None)
     mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,

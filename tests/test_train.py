@@ -99,11 +99,24 @@ def test_init_and_resume_train_the_model_at_its_own_shape(tmp_path):
     assert recorded["input_size"] == [48, 80] and recorded["num_slots"] == 3 and recorded["hidden"] == 16
     _, _, extra = load_checkpoint(out / "last.pt")
     assert extra["train_config"]["input_size"] == [48, 80]
-    with pytest.raises(RvosBatchError, match=r"--input-size 64x96 differs from --init .*48x80"):
+    with pytest.raises(RvosBatchError, match=r"--slots 5 differs from --init .* 3"):
         train(_cfg(data, tmp_path / "bad", mode="one-shot", stage=2, init=init, iters=2,
-                   **{**shape, "input_size": (64, 96)}), progress=False)
+                   **{**shape, "num_slots": 5}), progress=False)
     with pytest.raises(RvosBatchError, match=r"--slots 5 differs from the run being resumed .* 3"):
         train(_cfg(data, out, mode="one-shot", stage=2, init=init, iters=4, **{**shape, "num_slots": 5}),
+              progress=False)
+    # an explicit --input-size re-sizes the --init model (its weights do not depend on the size), every weight kept
+    bigger = tmp_path / "s2-bigger"
+    train(_cfg(data, bigger, mode="one-shot", stage=2, init=init, iters=1, lr=0.0, lr_encoder=0.0,
+               **{**shape, "input_size": (64, 96)}), progress=False)
+    model, config, extra = load_checkpoint(bigger / "last.pt")
+    assert config.input_size == (64, 96) and extra["train_config"]["input_size"] == [64, 96]
+    before, _, _ = load_checkpoint(init)
+    weights = dict(model.named_parameters())  # (not BatchNorm's running statistics, which a training step moves)
+    assert all(torch.equal(v, weights[k]) for k, v in before.named_parameters())
+    # ... but a resumed run keeps the size it was trained at
+    with pytest.raises(RvosBatchError, match=r"--input-size 64x96 differs from the run being resumed .*48x80"):
+        train(_cfg(data, out, mode="one-shot", stage=2, init=init, iters=4, **{**shape, "input_size": (64, 96)}),
               progress=False)
     # a run from scratch with nothing given gets the paper's shape
     fresh = resolve_model_fields(TrainConfig(data="d", out="o"), None)

@@ -37,7 +37,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="add the stride-2 refinement head (not in the paper); with --init, on top of that model")
     p.add_argument("--hidden", type=int, help="decoder width" + shape % "128")
     p.add_argument("--slots", type=int, help="object slots" + shape % "10")
-    p.add_argument("--input-size", type=_size, metavar="HxW", help="training size" + shape % "256x448")
+    p.add_argument("--input-size", type=_size, metavar="HxW",
+                   help="training size" + shape % "256x448" + "; with --init, another size re-sizes that model")
     p.add_argument("--clip-len", type=int, default=5)
     p.add_argument("--color-aug", action="store_true",
                    help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
