@@ -84,7 +84,8 @@ def state_per_video() -> list[tuple[str, float]]:
     rows = []
     for name, cfg in (("paper (ResNet-101, H 128, 10 slots, 256x448)", benchkit.PAPER),
                       ("shipped zero-shot (MobileNetV2, H 64, 5 slots, 128x224)", benchkit.SHIPPED["zero-shot"]),
-                      ("shipped one-shot (same, with previous masks)", benchkit.SHIPPED["one-shot"])):
+                      ("shipped one-shot (MobileNetV2, H 64, 5 slots, 240x424, refinement head)",
+                       benchkit.SHIPPED["one-shot"])):
         with torch.device("meta"):
             model = RVOS(cfg)
         state = model.init_state(8, device="cpu", dtype=torch.float32)

@@ -10,8 +10,9 @@ update), timed over ``--steps`` steps after warm-up, with a device sync at both 
 many slots as the video has objects (``--objects``). Zero-shot decodes all slots.
 
 Configurations: paper = ResNet-101, H = 128, 10 slots, 256x448, zero-shot (untrained weights: speed does not
-depend on them); shipped = MobileNetV2, H = 64, 5 slots, 128x224, zero-shot and one-shot (the shipped
-checkpoints when rvos_batch/assets/models holds them). Variants: fp32; bf16 = bfloat16 autocast + channels_last;
+depend on them); shipped = MobileNetV2, H = 64, 5 slots, zero-shot at 128x224 and one-shot (with the
+refinement head) at 240x424 (the shipped checkpoints when rvos_batch/assets/models holds them). Variants: fp32;
+bf16 = bfloat16 autocast + channels_last;
 compile = bf16 + torch.compile of the encoder and the per-slot decoder (``--compile-mode``, CUDA graphs with
 "reduce-overhead") with a fixed batch. On CUDA the peak GPU memory per video in the batch is reported too.
 """

@@ -35,7 +35,7 @@ SHIPPED = {
     "zero-shot": RVOSConfig(backbone="mobilenet_v2", hidden=64, num_slots=5, mode="zero-shot", recurrence="ST",
                             input_size=(128, 224)),
     "one-shot": RVOSConfig(backbone="mobilenet_v2", hidden=64, num_slots=5, mode="one-shot", recurrence="ST",
-                           input_size=(128, 224)),
+                           input_size=(240, 424), refine=True),
 }
 SHIPPED_FILES = {"zero-shot": "rvos-mnv2-synth-zs.pt", "one-shot": "rvos-mnv2-synth-os.pt"}
 
