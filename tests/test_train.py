@@ -88,7 +88,8 @@ def test_resume_continues_from_last_step(tmp_path):
 
 def test_init_and_resume_train_the_model_at_its_own_shape(tmp_path):
     """--init (and a resumed run) takes the model's input size and slots: data cut to another size would train a
-    model at one size that labels at another. A contradicting explicit value is an error naming both."""
+    model at one size that labels at another. A contradicting explicit value is an error naming both, except
+    --input-size with --init, which re-sizes that model (fine-tuning at a new size)."""
     data = _make_davis(tmp_path / "davis")
     train(_cfg(data, tmp_path / "s1", mode="one-shot", iters=2), progress=False)  # 48x80, 3 slots
     init = str(tmp_path / "s1" / "best.pt")
