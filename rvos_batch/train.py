@@ -247,9 +247,12 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
         if cfg.refine and not init_cfg.refine:
             model = add_refinement(model)
-        if cfg.input_size is not None and (size := (cfg.input_size[0], cfg.input_size[1])) != model.config.input_size:
-            log.info("--init %s: re-sized from %s to %s", cfg.init, _show(model.config.input_size), _show(size))
-            model.config = replace(model.config, input_size=size)
+        if cfg.input_size is not None:  # RVOSConfig normalises the size (a list from JSON, numpy ints)
+            resized = replace(model.config, input_size=cfg.input_size)
+            if resized != model.config:
+                log.info("--init %s: re-sized from %s to %s", cfg.init, _show(model.config.input_size),
+                         _show(resized.input_size))
+                model.config = resized
         return model.to(device)
     cfg = resolve_model_fields(cfg, None)
     mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,
