@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rvos_batch.cli import size_arg
 from rvos_batch.evaluate import evaluate
 from rvos_batch.export import export_davis
 from rvos_batch.ingest import IngestConfig, ingest
@@ -22,12 +23,14 @@ from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.worker import run_in_process
 
 
-def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4) -> dict:
+def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
+          input_size: tuple[int, int] | None = None) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
     out = work / f"out-{mode}"
-    cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos)
+    cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
+                      input_size=input_size)
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -37,7 +40,8 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4) -
     protocol = "semi-supervised" if mode == "one-shot" else "unsupervised"
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
-    summary.update({"mode": mode, "model": model, "frames": frames, "label_seconds": round(seconds, 2),
+    summary.update({"mode": mode, "model": model, "input_size": list(input_size) if input_size else None,
+                    "frames": frames, "label_seconds": round(seconds, 2),
                     "frames_per_second": round(frames / seconds, 2) if seconds else None})
     return summary
 
@@ -47,12 +51,14 @@ def main() -> int:
     p.add_argument("data", help="DAVIS-layout folder with JPEGImages/480p and Annotations/480p")
     p.add_argument("--model", default="default")
     p.add_argument("--mode", choices=("zero-shot", "one-shot"), required=True)
+    p.add_argument("--input-size", type=size_arg, default=None, metavar="HxW",
+                   help="label at this size instead of the model's own (as rvos-batch label --input-size)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rvos-eval-"))
     work.mkdir(parents=True, exist_ok=True)
-    s = score(args.data, args.model, args.mode, work)
+    s = score(args.data, args.model, args.mode, work, input_size=args.input_size)
     if args.json:
         print(json.dumps(s))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from rvos_batch.errors import CheckpointError
 from rvos_batch.model import (
     RVOS,
+    ConfigError,
     RVOSConfig,
     file_sha256,
     load_backbone_weights,
@@ -60,6 +62,22 @@ def test_round_trip_is_bit_exact(saved):
         b, sb = loaded.step(x, loaded.init_state(2), m)
     assert torch.equal(a, b)
     assert all(torch.equal(u, v) for u, v in zip(sa.tensors(), sb.tensors(), strict=True))
+
+
+def test_input_size_override_keeps_every_weight(saved):
+    """load_checkpoint(input_size=...) runs the same weights at another size; a bad size is refused by name."""
+    path, model = saved
+    loaded, config, _ = load_checkpoint(path, input_size=(96, 160))
+    assert config.input_size == (96, 160) and loaded.config == config
+    assert config == dataclasses.replace(CFG, input_size=(96, 160))
+    own = model.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in loaded.state_dict().items())
+    x = torch.rand(1, 3, 96, 160)
+    with torch.no_grad():
+        logits, _ = loaded.step(x, loaded.init_state(1), torch.rand(1, 2, 96, 160))
+    assert logits.shape[-2:] == (96, 160)  # its state was built at the new size
+    with pytest.raises(ConfigError, match="input_size"):
+        load_checkpoint(path, input_size=(16, 96))
 
 
 def test_sha256_prefix_is_accepted_and_mismatch_refused(saved):

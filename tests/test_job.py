@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 import pytest
 from jobkit import cli, frame_jpeg, make_corpus, tiny_model
 
+from rvos_batch.cli import build_parser
+from rvos_batch.cli.label import config_from_args
 from rvos_batch.corpus import CorpusReader, CorpusWriter
-from rvos_batch.errors import MaskStoreError
+from rvos_batch.errors import MaskStoreError, RvosBatchError
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.plan import plan_shards
 from rvos_batch.job.worker import ShardWorker
@@ -86,6 +88,28 @@ def test_worker_failures_are_data(tmp_path, model_path):
     assert mixed_rows, "the untrained test model still emits masks at threshold 0.5"
 
 
+def test_input_size_runs_the_model_at_that_size(tmp_path, model_path):
+    """--input-size: the worker runs the same weights at the given size; masks stay at each frame's own size."""
+    corpus = str(tmp_path / "corpus")
+    ids = make_corpus(corpus, [4, 3], size=(60, 90))
+    [shard] = plan_shards(CorpusReader(corpus).list_videos(), 16)
+    tables = {}
+    for size in (None, (96, 160)):
+        cfg = LabelConfig(corpus=corpus, out=str(tmp_path / f"out-{size}"), model=model_path, min_area=1,
+                          input_size=size)
+        worker = ShardWorker(cfg)
+        assert worker.model_config.input_size == (size or (64, 96)) == worker.model.config.input_size
+        assert worker.process_shard(shard).videos_ok == 2
+        tables[size] = assert_exactly_once(cfg.out, ids)
+        t = tables[size]
+        assert set(zip(t["height"].to_pylist(), t["width"].to_pylist(), strict=True)) == {(60, 90)}
+    assert not tables[None].equals(tables[(96, 160)])  # another size is another computation
+    with pytest.raises(RvosBatchError, match="--input-size must be HEIGHTxWIDTH"):
+        LabelConfig(corpus=corpus, out="o", input_size=(16, 96))
+    args = build_parser().parse_args(["label", corpus, "o", "--input-size", "240x424"])
+    assert config_from_args(args).input_size == (240, 424)
+
+
 def test_label_sharded_resume_and_refusal(tmp_path, model_path, ray_local):
     from rvos_batch.job.driver import run_job
 
@@ -104,6 +128,10 @@ def test_label_sharded_resume_and_refusal(tmp_path, model_path, ray_local):
     # another configuration into the same OUT is refused, naming what differs
     with pytest.raises(MaskStoreError, match="threshold"):
         run_job(dataclasses.replace(cfg, threshold=0.7), progress=False)
+    # --input-size at the model's own size is the same run; another size is another configuration
+    assert run_job(dataclasses.replace(cfg, input_size=(64, 96)), progress=False).shards_skipped == 4
+    with pytest.raises(MaskStoreError, match="input_size"):
+        run_job(dataclasses.replace(cfg, input_size=(96, 128)), progress=False)
     # ... unless --overwrite
     redone = run_job(dataclasses.replace(cfg, threshold=0.7, overwrite=True), progress=False)
     assert redone.shards_done == 4

@@ -26,6 +26,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    """argparse type for HEIGHTxWIDTH options such as ``--input-size 240x424``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 256x448, got {text!r}") from None
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvos-batch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"rvos-batch {__version__}")

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from rvos_batch.cli import size_arg
 from rvos_batch.job.config import AMP_CHOICES, COMPILE_CHOICES, MODES, LabelConfig
 from rvos_batch.storage import parse_storage_options, redact
 from rvos_batch.zoo import SAMPLE_CORPUS
@@ -27,6 +28,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="one-shot masks (a mask dataset); default CORPUS/prompts")
     p.add_argument("--model", default="default", metavar="NAME_OR_PATH",
                    help="a shipped model name or a checkpoint path/URL (default: the shipped model)")
+    p.add_argument("--input-size", type=size_arg, default=None, metavar="HxW",
+                   help="run the model at this frame size instead of the one it was trained for (its weights do "
+                        "not depend on it): larger is slower and can be more accurate; masks are still written at "
+                        "each video's own resolution (default: the model's size)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster ('auto' or ray://host:10001); default: start a local Ray")
     p.add_argument("--num-actors", type=int, default=None, metavar="N",
@@ -62,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     corpus = args.corpus or str(SAMPLE_CORPUS)
     return LabelConfig(
         corpus=corpus, out=args.out, mode=args.mode, prompts=args.prompts, model=args.model,
+        input_size=args.input_size,
         videos_per_shard=args.videos_per_shard, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,
         max_shard_attempts=args.max_shard_attempts, address=args.address, overwrite=args.overwrite,

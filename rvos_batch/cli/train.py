@@ -9,15 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rvos_batch.cli import size_arg
 from rvos_batch.model.config import BACKBONES, RECURRENCES
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 256x448, got {text!r}") from None
-    return h, w
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -37,7 +30,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="add the stride-2 refinement head (not in the paper); with --init, on top of that model")
     p.add_argument("--hidden", type=int, help="decoder width" + shape % "128")
     p.add_argument("--slots", type=int, help="object slots" + shape % "10")
-    p.add_argument("--input-size", type=_size, metavar="HxW",
+    p.add_argument("--input-size", type=size_arg, metavar="HxW",
                    help="training size" + shape % "256x448" + "; with --init, another size re-sizes that model")
     p.add_argument("--clip-len", type=int, default=5)
     p.add_argument("--color-aug", action="store_true",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rvos_batch.errors import RvosBatchError
+from rvos_batch.model.config import MIN_INPUT_SIDE
 
 MODES = ("zero-shot", "one-shot")
 
@@ -29,6 +30,7 @@ class LabelConfig:
     mode: str = "zero-shot"
     prompts: str | None = None  # one-shot masks; default CORPUS/prompts
     model: str = "default"  # a shipped model name or a checkpoint path
+    input_size: tuple[int, int] | None = None  # (height, width) to run the model at; None: the size it was saved with
     videos_per_shard: int = 16
     num_actors: int | None = None  # default: one per GPU, else 1
     gpus_per_actor: float = 0.0
@@ -65,6 +67,17 @@ class LabelConfig:
             raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
         if self.compile is not None and self.compile not in COMPILE_CHOICES:
             raise RvosBatchError(f"--compile must be one of {list(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.input_size is not None:
+            size = self.input_size
+            if (
+                not isinstance(size, (tuple, list))
+                or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= MIN_INPUT_SIDE for v in size)
+            ):
+                raise RvosBatchError(
+                    f"--input-size must be HEIGHTxWIDTH with both sides integers >= {MIN_INPUT_SIDE}, got {size!r}"
+                )
+            object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
         if self.prompts and self.mode != "one-shot":
             raise RvosBatchError("--prompts is only used with --mode one-shot")
 
@@ -83,12 +96,21 @@ class LabelConfig:
         return d
 
 
-def output_fingerprint(config: LabelConfig, model_sha256: str, corpus_fingerprint: str) -> dict[str, Any]:
-    """What must match between runs writing into one OUT: output-affecting config, model, corpus."""
+def output_fingerprint(
+    config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
+    """What must match between runs writing into one OUT: output-affecting config, model, corpus.
+
+    ``model_input_size`` is the size the model was saved with. A run at another ``--input-size`` labels differently,
+    so that size joins the fingerprint; a run at the model's own size (given or not) keeps the plain fingerprint,
+    the one runs made before ``--input-size`` existed.
+    """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
     fp["model_sha256"] = model_sha256
     fp["corpus_fingerprint"] = corpus_fingerprint
+    if config.input_size is not None and tuple(config.input_size) != tuple(model_input_size or ()):
+        fp["input_size"] = list(config.input_size)
     return fp
 
 

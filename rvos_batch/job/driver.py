@@ -221,7 +221,9 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
     _, model_config, _ = load_checkpoint(model_path)  # fail here, not in every actor, on a bad or wrong model
     if model_config.mode != config.mode:
         raise RvosBatchError(f"model {config.model!r} is a {model_config.mode} model; this run is --mode {config.mode}")
-    fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries))
+    fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size)
+    if config.input_size is not None:
+        model_config = dataclasses.replace(model_config, input_size=config.input_size)  # the size it labels at
     model_info = {"name": config.model, "path": model_path, "sha256": model_sha, "config": model_config.to_dict()}
     prompt_check = check_prompts(config, [e.video_id for e in entries])
     with store.lock():

@@ -265,7 +265,8 @@ class ShardWorker:
         model_path = resolve_model(config.model, config.mode)
         # the driver digested the model before planning: an actor on another node must load those very bytes
         self.model, self.model_config, _ = load_checkpoint(model_path, map_location=self.device,
-                                                           expected_sha256=config.model_sha256)
+                                                           expected_sha256=config.model_sha256,
+                                                           input_size=config.input_size)
         self.model.eval()
         if self.model_config.mode != config.mode:
             raise RvosBatchError(

@@ -7,6 +7,7 @@ them. Paths may be local or URLs understood by :mod:`rvos_batch.storage` (e.g. `
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -89,10 +90,13 @@ def load_checkpoint(
     path: str | os.PathLike[str],
     map_location: str | torch.device = "cpu",
     expected_sha256: str | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> tuple[RVOS, RVOSConfig, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, config, extra).
 
     ``expected_sha256``: full hex digest or a prefix of at least 8 hex digits; a mismatch raises CheckpointError.
+    ``input_size``: (height, width) to run the model at instead of the size it was saved with. No weight depends on
+    the input size, so every weight loads as saved; the returned config (and ``model.config``) hold the new size.
     """
     data = _read_bytes(path)
     if expected_sha256 is not None:
@@ -118,6 +122,8 @@ def load_checkpoint(
         config = RVOSConfig.from_dict(json.loads(payload["config"]))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: bad config: {e}") from None
+    if input_size is not None:
+        config = dataclasses.replace(config, input_size=input_size)
     state_dict = payload["state_dict"]
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"checkpoint {path}: state_dict is a {type(state_dict).__name__}, expected a dict")
