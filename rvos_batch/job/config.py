@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rvos_batch.errors import RvosBatchError
-from rvos_batch.model.config import MIN_INPUT_SIDE
+from rvos_batch.model.config import MIN_INPUT_SIDE, is_input_size
 
 MODES = ("zero-shot", "one-shot")
 
@@ -69,11 +69,7 @@ class LabelConfig:
             raise RvosBatchError(f"--compile must be one of {list(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.input_size is not None:
             size = self.input_size
-            if (
-                not isinstance(size, (tuple, list))
-                or len(size) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= MIN_INPUT_SIDE for v in size)
-            ):
+            if not is_input_size(size):
                 raise RvosBatchError(
                     f"--input-size must be HEIGHTxWIDTH with both sides integers >= {MIN_INPUT_SIDE}, got {size!r}"
                 )

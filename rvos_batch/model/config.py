@@ -49,11 +49,7 @@ class RVOSConfig:
         if not isinstance(self.refine, bool):
             raise ConfigError(f"RVOSConfig.refine={self.refine!r}: allowed is true or false")
         size = self.input_size
-        if (
-            not isinstance(size, (tuple, list))
-            or len(size) != 2
-            or not all(_is_int(v) and v >= MIN_INPUT_SIDE for v in size)
-        ):
+        if not is_input_size(size):
             raise ConfigError(
                 f"RVOSConfig.input_size={size!r}: allowed is (height, width), integers >= {MIN_INPUT_SIDE}"
             )
@@ -90,6 +86,13 @@ class RVOSConfig:
         if isinstance(kwargs.get("input_size"), list):
             kwargs["input_size"] = tuple(kwargs["input_size"])
         return cls(**kwargs)
+
+
+def is_input_size(size: object) -> bool:
+    """True for a (height, width) pair of integers, each at least MIN_INPUT_SIDE."""
+    return (
+        isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(v) and v >= MIN_INPUT_SIDE for v in size)
+    )
 
 
 def _is_int(v: object) -> bool:
