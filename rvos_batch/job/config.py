@@ -93,7 +93,7 @@ class LabelConfig:
 
 
 def output_fingerprint(
-    config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int] | None = None
+    config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int]
 ) -> dict[str, Any]:
     """What must match between runs writing into one OUT: output-affecting config, model, corpus.
 
@@ -105,7 +105,7 @@ def output_fingerprint(
     fp["prompts"] = config.prompts_url
     fp["model_sha256"] = model_sha256
     fp["corpus_fingerprint"] = corpus_fingerprint
-    if config.input_size is not None and tuple(config.input_size) != tuple(model_input_size or ()):
+    if config.input_size not in (None, model_input_size):  # both normalised to (int, int) by their configs
         fp["input_size"] = list(config.input_size)
     return fp
 
