@@ -667,18 +667,10 @@ def _resolve_masks_cropped(
 
 def _merge_rows(old: RVOSState, new: RVOSState, present: Tensor) -> RVOSState:
     """``new`` for the rows where ``present`` (B,) bool, ``old`` elsewhere; no host sync, fixed shapes."""
-    out = [
+    return old.with_tensors([
         torch.where(present.view(-1, *([1] * (a.dim() - 1))), b.to(a.dtype), a)
         for a, b in zip(old.tensors(), new.tensors(), strict=True)
-    ]
-    n_h = len(old.hidden)
-    return RVOSState(
-        hidden=tuple(out[:n_h]),
-        prev_masks=None if old.prev_masks is None else out[n_h],
-        started=out[-2],
-        frame_index=out[-1],
-        image_size=old.image_size,
-    )
+    ])
 
 
 def compile_model(model: RVOS, mode: str) -> None:

@@ -50,6 +50,7 @@ class TrainConfig:
     init: str | None = None  # start from this rvos checkpoint (stage 2 starts from stage 1)
     recurrence: str | None = None
     refine: bool = False  # the stride-2 refinement head (not in the paper); with --init, added to that model
+    match: bool = False  # one-shot first-frame matching (not in the paper); with --init, added to that model
     hidden: int | None = None
     num_slots: int | None = None
     input_size: tuple[int, int] | None = None
@@ -76,6 +77,8 @@ class TrainConfig:
             raise RvosBatchError(f"--stage must be 1 or 2, got {self.stage}")
         if self.stage == 2 and self.mode != "one-shot":
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
+        if self.match and self.mode != "one-shot":
+            raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
             raise RvosBatchError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
@@ -238,15 +241,18 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
     """The model a run starts from: the --init checkpoint, whose shape wins (``train`` then resolves ``cfg``
     against it and refuses a contradicting one: see resolve_model_fields), or a new one.
 
-    Two changes to an --init model are allowed, both keeping every trained weight: ``--refine`` adds the
-    refinement head, and an explicit ``--input-size`` re-sizes it (fine-tuning at a larger size than a model was
-    first trained at; the labeling job then runs it at the new size)."""
+    Three changes to an --init model are allowed, each keeping every trained weight: ``--refine`` adds the
+    refinement head, ``--match`` adds first-frame matching, and an explicit ``--input-size`` re-sizes it
+    (fine-tuning at a larger size than a model was first trained at; the labeling job then runs it at the new
+    size)."""
     if cfg.init:
         model, init_cfg, _ = load_checkpoint(cfg.init, map_location="cpu")
         if init_cfg.mode != cfg.mode:
             raise RvosBatchError(f"--init {cfg.init} is a {init_cfg.mode} model; this run is {cfg.mode}")
         if cfg.refine and not init_cfg.refine:
             model = add_refinement(model)
+        if cfg.match and not model.config.match:
+            model = add_matching(model)
         if cfg.input_size is not None:  # RVOSConfig normalises the size (a list from JSON, numpy ints)
             resized = replace(model.config, input_size=cfg.input_size)
             if resized != model.config:
@@ -257,7 +263,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> RVOS:
     cfg = resolve_model_fields(cfg, None)
     mcfg = RVOSConfig.from_dict({"backbone": cfg.backbone, "hidden": cfg.hidden, "num_slots": cfg.num_slots,
                                  "mode": cfg.mode, "recurrence": cfg.recurrence, "input_size": cfg.input_size,
-                                 "refine": cfg.refine})
+                                 "refine": cfg.refine, "match": cfg.match})
     model = RVOS(mcfg)
     weights = cfg.backbone_weights
     if weights == "auto":
@@ -283,6 +289,30 @@ def add_refinement(model: RVOS) -> RVOS:
     result = new.load_state_dict(model.state_dict(), strict=False)
     stray = [k for k in result.missing_keys if not k.startswith(REFINEMENT_KEYS)]
     assert not stray and not result.unexpected_keys, (stray, result.unexpected_keys)
+    return new.to(next(model.parameters()).device).train(model.training)
+
+
+def add_matching(model: RVOS) -> RVOS:
+    """The same one-shot model with first-frame matching added, every trained weight kept.
+
+    The convolutions that now also read the two matching maps keep their trained weights for their old inputs and
+    start at zero for the maps (their last input channels), so the new model's logits equal the old one's until
+    it trains. The embedding is new.
+    """
+    new = RVOS(replace(model.config, match=True))
+    old = model.state_dict()
+    state = new.state_dict()
+    for key, value in state.items():
+        if key.startswith("matcher."):
+            continue
+        have = old.pop(key)  # every old weight has a place in the new model
+        if have.shape != value.shape:  # a convolution reading the maps too: (out, in + maps, k, k)
+            assert have.shape[0] == value.shape[0] and have.shape[2:] == value.shape[2:], (key, have.shape)
+            have = torch.cat([have, value.new_zeros(value.shape[0], value.shape[1] - have.shape[1],
+                                                    *value.shape[2:])], dim=1)
+        state[key] = have
+    assert not old, sorted(old)
+    new.load_state_dict(state, strict=True)
     return new.to(next(model.parameters()).device).train(model.training)
 
 

@@ -23,15 +23,22 @@ def tiny(
     size: tuple[int, int] = SIZE,
     seed: int = 0,
     refine: bool = False,
+    match: bool = False,
 ) -> RVOS:
     torch.manual_seed(seed)
     cfg = RVOSConfig(
-        backbone=backbone, hidden=16, num_slots=slots, mode=mode, recurrence=recurrence, input_size=size, refine=refine
+        backbone=backbone, hidden=16, num_slots=slots, mode=mode, recurrence=recurrence, input_size=size,
+        refine=refine, match=match,
     )
     model = RVOS(cfg).eval()
-    if refine:  # the head's last convolution starts at zero; give it weights so that the head counts
-        last = model.decoder.refine[-1]
-        torch.nn.init.normal_(last.weight, std=0.5)
+    with torch.no_grad():  # weights that start at zero get values, so that what they read counts
+        if refine:
+            torch.nn.init.normal_(model.decoder.refine[-1].weight, std=0.5)
+        if match:
+            convs = [cell.gates for cell in model.decoder.cells]
+            convs += [model.decoder.refine[0]] if refine else []
+            for conv in convs:
+                conv.weight[:, -2:].normal_(std=0.5)
     return model
 
 
@@ -116,10 +123,10 @@ def test_odd_input_sizes(size, refine):
 # ---- gradients -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode,recurrence,refine", [(m, r, False) for m, r in VARIANTS] + [
-    ("zero-shot", "ST", True), ("one-shot", "ST", True)])
-def test_every_parameter_gets_a_gradient(mode, recurrence, refine):
-    model = tiny(mode, recurrence, refine=refine).train()
+@pytest.mark.parametrize("mode,recurrence,refine,match", [(m, r, False, False) for m, r in VARIANTS] + [
+    ("zero-shot", "ST", True, False), ("one-shot", "ST", True, False), ("one-shot", "ST", True, True)])
+def test_every_parameter_gets_a_gradient(mode, recurrence, refine, match):
+    model = tiny(mode, recurrence, refine=refine, match=match).train()
     clip, masks, valid = clip_and_masks(2, 2, 3, size=(32, 64))
     given = (masks, valid) if mode == "one-shot" else (None, None)
     logits, _ = model(clip, None, *given)
@@ -176,9 +183,10 @@ def test_parameter_count_matches_the_paper():
 # ---- step / forward / chunks ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode,recurrence,refine", [(m, r, False) for m, r in VARIANTS] + [("one-shot", "ST", True)])
-def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence, refine):
-    model = tiny(mode, recurrence, refine=refine)
+@pytest.mark.parametrize("mode,recurrence,refine,match", [(m, r, False, False) for m, r in VARIANTS] + [
+    ("one-shot", "ST", True, False), ("one-shot", "ST", True, True), ("one-shot", "T", False, True)])
+def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence, refine, match):
+    model = tiny(mode, recurrence, refine=refine, match=match)
     clip, masks, valid = clip_and_masks(2, 5, 3)
     given = (masks, valid) if mode == "one-shot" else (None, None)
     with torch.no_grad():
@@ -197,8 +205,9 @@ def test_step_by_step_and_chunks_equal_whole_clip(mode, recurrence, refine):
     assert final.frame_index.tolist() == [5, 5]
 
 
-def test_state_size_is_independent_of_video_length():
-    model = tiny("one-shot", "ST")
+@pytest.mark.parametrize("match", [False, True])
+def test_state_size_is_independent_of_video_length(match):
+    model = tiny("one-shot", "ST", match=match)
     state = model.init_state(1)
     sizes = [state.nbytes()]
     shapes = [[tuple(t.shape) for t in state.tensors()]]
@@ -214,13 +223,19 @@ def test_state_size_is_independent_of_video_length():
         (1, 3, 4, 8, 12),
         (1, 3, 2, 16, 24),
     ]
+    if match:  # the reference: an 8-wide embedding (H/2) and object / background cells, at stride 8
+        assert state.ref_embed is not None and state.ref_cells is not None
+        assert (tuple(state.ref_embed.shape), tuple(state.ref_cells.shape)) == ((1, 3, 8, 8, 12), (1, 3, 2, 8, 12))
+    else:
+        assert state.ref_embed is None and state.ref_cells is None
 
 
 # ---- batching ------------------------------------------------------------------------------------------------
 
 
-def test_batched_rows_equal_separate_videos_with_reset_and_idle_rows():
-    model = tiny("one-shot", "ST")
+@pytest.mark.parametrize("match", [False, True])
+def test_batched_rows_equal_separate_videos_with_reset_and_idle_rows(match):
+    model = tiny("one-shot", "ST", match=match)
     g = torch.Generator().manual_seed(3)
     videos = {name: torch.rand(t, 3, *SIZE, generator=g) for name, t in [("a", 5), ("b", 2), ("c", 3)]}
     firsts = {name: (torch.rand(3, *SIZE, generator=g) > 0.6).float() for name in videos}

@@ -14,12 +14,15 @@ SIZE = (64, 96)
 ORIG = (50, 70)
 
 
-def tiny(mode: str, slots: int = 3) -> RVOS:
+def tiny(mode: str, slots: int = 3, match: bool = False) -> RVOS:
     torch.manual_seed(0)
-    cfg = RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=slots, mode=mode, recurrence="ST", input_size=SIZE)
+    cfg = RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=slots, mode=mode, recurrence="ST", input_size=SIZE,
+                     match=match)
     model = RVOS(cfg).eval()
     with torch.no_grad():  # spread an untrained head's outputs so some slots win pixels
         model.decoder.head.weight.mul_(20.0)
+        for cell in model.decoder.cells if match else []:  # the weights reading the matching maps start at zero
+            cell.gates.weight[:, -2:].normal_(std=2.0)
     return model
 
 
@@ -149,9 +152,9 @@ def test_autocast_runs():
 # ---- batching ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["zero-shot", "one-shot"])
-def test_batched_session_equals_one_video_at_a_time(mode):
-    model = tiny(mode)
+@pytest.mark.parametrize("mode,match", [("zero-shot", False), ("one-shot", False), ("one-shot", True)])
+def test_batched_session_equals_one_video_at_a_time(mode, match):
+    model = tiny(mode, match=match)
     videos = {"a": video(5, seed=10), "b": video(2, seed=11, size=(40, 60)), "c": video(3, seed=12)}
     prompts = {
         "a": {0: {1: box(ORIG, 0, 25, 0, 35), 2: box(ORIG, 25, 50, 35, 70)}},

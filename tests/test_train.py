@@ -245,3 +245,29 @@ def test_refinement_is_added_on_top_of_a_trained_model(tmp_path):
     model, config, _ = load_checkpoint(out / "last.pt")
     assert config.refine
     assert model.decoder.refine is not None and model.decoder.refine[-1].weight.abs().sum() > 0
+
+
+def test_matching_is_added_on_top_of_a_trained_model(tmp_path):
+    """--match --init: every trained weight is kept, the logits start equal, and training moves the new weights."""
+    from rvos_batch.train import add_matching
+
+    data = _make_davis(tmp_path / "davis")
+    train(_cfg(data, tmp_path / "base", mode="one-shot", iters=2, refine=True), progress=False)
+    base, base_cfg, _ = load_checkpoint(tmp_path / "base" / "best.pt")
+    assert not base_cfg.match
+    matched = add_matching(base).eval()
+    assert matched.config.match and matched.matcher is not None
+    assert matched.decoder.cells[0].gates.in_channels == base.decoder.cells[0].gates.in_channels + 2
+    clip = torch.rand(1, 3, 3, 48, 80)
+    given = (torch.rand(1, 3, 3, 48, 80) > 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(matched(clip, None, given)[0], base(clip, None, given)[0])
+    out = tmp_path / "matched"
+    train(_cfg(data, out, mode="one-shot", stage=2, init=str(tmp_path / "base" / "best.pt"), match=True, lr=1e-2),
+          progress=False)
+    model, config, _ = load_checkpoint(out / "last.pt")
+    assert config.match and config.refine
+    assert model.decoder.cells[0].gates.weight[:, -2:].abs().sum() > 0  # the maps are read now
+    assert model.decoder.refine is not None and model.decoder.refine[0].weight[:, -2:].abs().sum() > 0
+    with pytest.raises(RvosBatchError, match="--match .* is for --mode one-shot"):
+        _cfg(data, out, mode="zero-shot", match=True)

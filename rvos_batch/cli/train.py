@@ -28,6 +28,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recurrence", choices=RECURRENCES, help="S, T or ST" + shape % "ST")
     p.add_argument("--refine", action="store_true",
                    help="add the stride-2 refinement head (not in the paper); with --init, on top of that model")
+    p.add_argument("--match", action="store_true",
+                   help="one-shot: add first-frame matching (not in the paper); with --init, on top of that model")
     p.add_argument("--hidden", type=int, help="decoder width" + shape % "128")
     p.add_argument("--slots", type=int, help="object slots" + shape % "10")
     p.add_argument("--input-size", type=size_arg, metavar="HxW",
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, mode=args.mode, stage=args.stage, backbone=args.backbone,
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
-        recurrence=args.recurrence, refine=args.refine, hidden=args.hidden, num_slots=args.slots,
+        recurrence=args.recurrence, refine=args.refine, match=args.match, hidden=args.hidden, num_slots=args.slots,
         input_size=args.input_size,
         clip_len=args.clip_len, color_aug=args.color_aug, batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,

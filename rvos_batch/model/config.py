@@ -28,6 +28,8 @@ class RVOSConfig:
     num_slots: object slots decoded per frame. mode: "zero-shot" (RVOS) or "one-shot" (RVOS-Mask, previous mask
     as input). recurrence: "S" spatial only, "T" temporal only, "ST" both. input_size: (height, width) frames are
     resized to. refine: add the stride-2 refinement head (not in the paper; see ``rvos_batch.model.decoder``).
+    match: one-shot only, match every frame against each slot's reference frame and feed the similarity maps to
+    the decoder (not in the paper; see ``rvos_batch.model.matching``).
     """
 
     backbone: Backbone = "mobilenet_v2"
@@ -37,6 +39,7 @@ class RVOSConfig:
     recurrence: Recurrence = "ST"
     input_size: tuple[int, int] = (256, 448)
     refine: bool = False
+    match: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("backbone", self.backbone, BACKBONES)
@@ -48,6 +51,10 @@ class RVOSConfig:
             raise ConfigError(f"RVOSConfig.num_slots={self.num_slots!r}: allowed is an integer >= 1")
         if not isinstance(self.refine, bool):
             raise ConfigError(f"RVOSConfig.refine={self.refine!r}: allowed is true or false")
+        if not isinstance(self.match, bool):
+            raise ConfigError(f"RVOSConfig.match={self.match!r}: allowed is true or false")
+        if self.match and self.mode != "one-shot":
+            raise ConfigError("RVOSConfig.match=True needs mode='one-shot': it matches against the given masks")
         size = self.input_size
         if not is_input_size(size):
             raise ConfigError(

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from rvos_batch.model.config import RVOSConfig
 from rvos_batch.model.decoder import RVOSDecoder
 from rvos_batch.model.encoder import Encoder
+from rvos_batch.model.matching import MATCH_CHANNELS, MATCH_LEVEL, FirstFrameMatcher, match_dim
 
 RowIndex = Tensor | Sequence[int]
 
@@ -36,6 +37,8 @@ class RVOSState:
         Zero-shot: all True.
     frame_index: (B,) int64, frames stepped so far in each row.
     image_size: (H, W) the model input size this state was built for.
+    ref_embed: with matching only, else None: (B, S, E, h_8, w_8) the embedded frame where each slot started.
+    ref_cells: with matching only, else None: (B, S, 2, h_8, w_8) that frame's object and background cells.
     """
 
     hidden: tuple[Tensor, ...]
@@ -43,6 +46,8 @@ class RVOSState:
     started: Tensor
     frame_index: Tensor
     image_size: tuple[int, int]
+    ref_embed: Tensor | None = None
+    ref_cells: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -56,21 +61,34 @@ class RVOSState:
     def device(self) -> torch.device:
         return self.started.device
 
+    def _optional(self) -> list[Tensor | None]:
+        return [self.prev_masks, self.ref_embed, self.ref_cells]
+
     def tensors(self) -> list[Tensor]:
-        return [*self.hidden, *([] if self.prev_masks is None else [self.prev_masks]), self.started, self.frame_index]
+        """Every tensor of the state in a fixed order (see ``with_tensors``): batch rows are dimension 0."""
+        return [*self.hidden, *(t for t in self._optional() if t is not None), self.started, self.frame_index]
+
+    def with_tensors(self, tensors: Sequence[Tensor]) -> RVOSState:
+        """A state of this one's layout holding ``tensors``, given in the order of ``tensors()``."""
+        assert len(tensors) == len(self.tensors()), f"{len(tensors)} tensors for a state of {len(self.tensors())}"
+        rest = iter(tensors[len(self.hidden) : -2])
+        prev, ref_embed, ref_cells = (None if t is None else next(rest) for t in self._optional())
+        return RVOSState(
+            hidden=tuple(tensors[: len(self.hidden)]),
+            prev_masks=prev,
+            started=tensors[-2],
+            frame_index=tensors[-1],
+            image_size=self.image_size,
+            ref_embed=ref_embed,
+            ref_cells=ref_cells,
+        )
 
     def nbytes(self) -> int:
         """Memory held by the state; depends on B, S and the input size, never on video length."""
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> RVOSState:
-        return RVOSState(
-            hidden=tuple(fn(h) for h in self.hidden),
-            prev_masks=None if self.prev_masks is None else fn(self.prev_masks),
-            started=fn(self.started),
-            frame_index=fn(self.frame_index),
-            image_size=self.image_size,
-        )
+        return self.with_tensors([fn(t) for t in self.tensors()])
 
     def detach(self) -> RVOSState:
         """Cut the autograd graph (truncated backpropagation between training chunks)."""
@@ -89,17 +107,10 @@ class RVOSState:
         idx = _row_index(rows, self.device)
         assert sub.batch_size == idx.numel(), f"{sub.batch_size} sub-state rows for {idx.numel()} row indices"
         assert sub.num_slots == self.num_slots and sub.image_size == self.image_size
-        assert len(sub.hidden) == len(self.hidden) and (sub.prev_masks is None) == (self.prev_masks is None)
+        assert len(sub.hidden) == len(self.hidden)
+        assert [t is None for t in sub._optional()] == [t is None for t in self._optional()]
         mine, theirs = self.tensors(), sub.tensors()
-        out = [t.index_copy(0, idx, s.to(t.dtype)) for t, s in zip(mine, theirs, strict=True)]
-        n_h = len(self.hidden)
-        return RVOSState(
-            hidden=tuple(out[:n_h]),
-            prev_masks=None if self.prev_masks is None else out[n_h],
-            started=out[-2],
-            frame_index=out[-1],
-            image_size=self.image_size,
-        )
+        return self.with_tensors([t.index_copy(0, idx, s.to(t.dtype)) for t, s in zip(mine, theirs, strict=True)])
 
 
 def _row_index(rows: RowIndex, device: torch.device) -> Tensor:
@@ -120,6 +131,10 @@ class RVOS(nn.Module):
             config.recurrence,
             config.one_shot,
             refine_channels=self.encoder.fine_channels,
+            match_channels=MATCH_CHANNELS if config.match else 0,
+        )
+        self.matcher = (
+            FirstFrameMatcher(self.encoder.channels[MATCH_LEVEL], match_dim(config.hidden)) if config.match else None
         )
 
     # ---- state -------------------------------------------------------------------------------------------------
@@ -155,12 +170,19 @@ class RVOS(nn.Module):
                 for c, (h, w) in zip(self.decoder.hidden_sizes, sizes, strict=True)
             )
         prev = torch.zeros(batch_size, n_slots, h_img, w_img, device=device, dtype=dtype) if cfg.one_shot else None
+        ref_embed = ref_cells = None
+        if self.matcher is not None:
+            h_m, w_m = list(reversed(sizes))[MATCH_LEVEL]
+            ref_embed = torch.zeros(batch_size, n_slots, self.matcher.dim, h_m, w_m, device=device, dtype=dtype)
+            ref_cells = torch.zeros(batch_size, n_slots, MATCH_CHANNELS, h_m, w_m, device=device, dtype=dtype)
         return RVOSState(
             hidden=hidden,
             prev_masks=prev,
             started=torch.full((batch_size, n_slots), not cfg.one_shot, dtype=torch.bool, device=device),
             frame_index=torch.zeros(batch_size, dtype=torch.long, device=device),
             image_size=(h_img, w_img),
+            ref_embed=ref_embed,
+            ref_cells=ref_cells,
         )
 
     def reset_rows(self, state: RVOSState, rows: RowIndex) -> RVOSState:
@@ -213,6 +235,17 @@ class RVOS(nn.Module):
 
         started = state.started
         prev = state.prev_masks  # (B, S, H, W) or None
+        ref_embed, ref_cells, match = state.ref_embed, state.ref_cells, None
+        if self.matcher is not None:
+            assert ref_embed is not None and ref_cells is not None
+            query = self.matcher.embed_frame(skips[MATCH_LEVEL])  # (B, E, h_8, w_8)
+            if given_masks is not None and valid is not None:  # a slot starting now takes this frame as reference
+                starting = (valid & ~started)[:, :, None, None, None]  # (B, S, 1, 1, 1)
+                size = (ref_cells.shape[-2], ref_cells.shape[-1])
+                cells = self.matcher.reference_cells(given_masks.to(ref_cells.dtype), size)
+                ref_embed = torch.where(starting, query[:, None].to(ref_embed.dtype), ref_embed)
+                ref_cells = torch.where(starting, cells, ref_cells)
+            match = self.matcher.match(query, ref_embed[:, :n].to(query.dtype), ref_cells[:, :n])  # (B, n, 2, ., .)
         if given_masks is not None and valid is not None:
             assert prev is not None
             started = started | valid
@@ -229,7 +262,8 @@ class RVOS(nn.Module):
         for s in range(n):
             temporal = [h[:, s] for h in state.hidden] if cfg.temporal else None  # [(B, C_k, h_k, w_k)]
             mask_in = prev[:, s : s + 1] if prev is not None else None  # (B, 1, H, W)
-            logit, hs, cs = self.decoder(skips, (h_img, w_img), mask_in, spatial, temporal, fine)
+            match_in = match[:, s] if match is not None else None  # (B, 2, h_8, w_8)
+            logit, hs, cs = self.decoder(skips, (h_img, w_img), mask_in, spatial, temporal, fine, match_in)
             if spatial is not None:
                 spatial = list(zip(hs, cs, strict=True))
             slot_logits.append(logit[:, 0])  # (B, H, W)
@@ -258,6 +292,8 @@ class RVOS(nn.Module):
             started=started,
             frame_index=state.frame_index + 1,
             image_size=state.image_size,
+            ref_embed=ref_embed,
+            ref_cells=ref_cells,
         )
         return logits, new_state
 
