@@ -71,8 +71,9 @@ class FirstFrameMatcher(nn.Module):
         inside = ref_cells.reshape(b, s, MATCH_CHANNELS, 1, n) > 0.5  # (B, S, 2, 1, N reference)
         with torch.no_grad():
             sim = torch.einsum("ben,bsem->bsnm", q, r)  # (B, S, N query, N reference)
-            # one masked_fill per set is far cheaper than one broadcast over both; cosines are >= -1
-            outside = [sim.masked_fill(~inside[:, :, j], -2.0) for j in range(MATCH_CHANNELS)]
+            # Cells outside a set get -2 (cosines are >= -1). One masked_fill per set is far cheaper than one
+            # broadcast over both; the second works in place, as sim is not needed after it.
+            outside = [sim.masked_fill(~inside[:, :, 0], -2.0), sim.masked_fill_(~inside[:, :, 1], -2.0)]
         if torch.is_grad_enabled() and (q.requires_grad or r.requires_grad):
             best_cell = torch.stack([o.argmax(dim=-1) for o in outside], dim=2)  # (B, S, 2, N query)
             picked = torch.gather(r, 3, best_cell.reshape(b, s, 1, MATCH_CHANNELS * n).expand(b, s, e, -1))
