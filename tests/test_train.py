@@ -225,49 +225,38 @@ def test_colour_augmentation_recolours_images_only(tmp_path):
     assert np.isfinite(train(cfg, progress=False)["best_val_soft_iou"])
 
 
-def test_refinement_is_added_on_top_of_a_trained_model(tmp_path):
-    """--refine --init: every trained weight is kept, the logits start equal, and training moves the new head."""
-    from rvos_batch.train import add_refinement
+@pytest.mark.parametrize("addition", ["refine", "match"])
+def test_an_addition_is_put_on_top_of_a_trained_model(tmp_path, addition):
+    """--refine / --match with --init: every trained weight is kept, the logits start equal, and training moves
+    the new weights. Matching goes on a model with the head, so that the head's inputs grow too."""
+    from rvos_batch.train import add_matching, add_refinement
 
     data = _make_davis(tmp_path / "davis")
-    train(_cfg(data, tmp_path / "base", mode="one-shot", iters=2), progress=False)
+    train(_cfg(data, tmp_path / "base", mode="one-shot", iters=2, refine=addition == "match"), progress=False)
     base, base_cfg, _ = load_checkpoint(tmp_path / "base" / "best.pt")
-    assert not base_cfg.refine
-    refined = add_refinement(base).eval()
-    assert refined.config.refine and refined.decoder.refine is not None
+    assert not getattr(base_cfg, addition)
+    added = {"refine": add_refinement, "match": add_matching}[addition](base).eval()
+    assert getattr(added.config, addition)
+    if addition == "match":
+        assert added.matcher is not None
+        assert added.decoder.cells[0].gates.in_channels == base.decoder.cells[0].gates.in_channels + 2
     clip = torch.rand(1, 3, 3, 48, 80)
     given = (torch.rand(1, 3, 3, 48, 80) > 0.5).float()
     with torch.no_grad():
-        torch.testing.assert_close(refined(clip, None, given)[0], base(clip, None, given)[0])
-    out = tmp_path / "refined"
-    train(_cfg(data, out, mode="one-shot", stage=2, init=str(tmp_path / "base" / "best.pt"), refine=True, lr=1e-2),
-          progress=False)
+        torch.testing.assert_close(added(clip, None, given)[0], base(clip, None, given)[0])
+    out = tmp_path / "added"
+    train(_cfg(data, out, mode="one-shot", stage=2, init=str(tmp_path / "base" / "best.pt"), lr=1e-2,
+               **{addition: True}), progress=False)
     model, config, _ = load_checkpoint(out / "last.pt")
-    assert config.refine
-    assert model.decoder.refine is not None and model.decoder.refine[-1].weight.abs().sum() > 0
+    assert config.refine and getattr(config, addition)
+    assert model.decoder.refine is not None
+    if addition == "refine":
+        new = [model.decoder.refine[-1].weight]
+    else:  # the weights that read the maps, in every layer and in the head
+        new = [cell.gates.weight[:, -2:] for cell in model.decoder.cells] + [model.decoder.refine[0].weight[:, -2:]]
+    assert all(w.abs().sum() > 0 for w in new)
 
 
-def test_matching_is_added_on_top_of_a_trained_model(tmp_path):
-    """--match --init: every trained weight is kept, the logits start equal, and training moves the new weights."""
-    from rvos_batch.train import add_matching
-
-    data = _make_davis(tmp_path / "davis")
-    train(_cfg(data, tmp_path / "base", mode="one-shot", iters=2, refine=True), progress=False)
-    base, base_cfg, _ = load_checkpoint(tmp_path / "base" / "best.pt")
-    assert not base_cfg.match
-    matched = add_matching(base).eval()
-    assert matched.config.match and matched.matcher is not None
-    assert matched.decoder.cells[0].gates.in_channels == base.decoder.cells[0].gates.in_channels + 2
-    clip = torch.rand(1, 3, 3, 48, 80)
-    given = (torch.rand(1, 3, 3, 48, 80) > 0.5).float()
-    with torch.no_grad():
-        torch.testing.assert_close(matched(clip, None, given)[0], base(clip, None, given)[0])
-    out = tmp_path / "matched"
-    train(_cfg(data, out, mode="one-shot", stage=2, init=str(tmp_path / "base" / "best.pt"), match=True, lr=1e-2),
-          progress=False)
-    model, config, _ = load_checkpoint(out / "last.pt")
-    assert config.match and config.refine
-    assert model.decoder.cells[0].gates.weight[:, -2:].abs().sum() > 0  # the maps are read now
-    assert model.decoder.refine is not None and model.decoder.refine[0].weight[:, -2:].abs().sum() > 0
+def test_matching_is_for_one_shot_runs(tmp_path):
     with pytest.raises(RvosBatchError, match="--match .* is for --mode one-shot"):
-        _cfg(data, out, mode="zero-shot", match=True)
+        _cfg(tmp_path, tmp_path / "out", mode="zero-shot", match=True)
