@@ -7,10 +7,11 @@ it cell by cell, as FEELVOS's global matching does (Voigtlaender et al., CVPR 20
 frame, its best cosine similarity to any object cell of the reference, and to any background cell. The two maps
 enter every ConvLSTM layer (and the refinement head) as two more input channels.
 
-The embedding is a learned 1x1 convolution of the encoder's stride-8 skip, L2-normalised. Matching is
-non-parametric, so it carries to textures never seen in training. A decoder given matching starts out computing
-exactly what it computed without it: the gate weights that read the two maps start at zero
-(``rvos_batch.train.add_matching`` puts matching on a trained one-shot model).
+The embedding is a learned 1x1 convolution of the encoder's stride-8 skip, L2-normalised. Matching compares
+features instead of learning what objects look like, which is why it may carry to textures never seen in
+training; fine-tuned onto the shipped one-shot model on a CPU it did not raise held-out J&F (MODEL_CARD.md). A
+decoder given matching starts out computing exactly what it computed without it: the gate weights that read the
+two maps start at zero (``rvos_batch.train.add_matching`` puts matching on a trained one-shot model).
 
 Dimension names: B batch rows, S slots, E embedding channels, h x w the stride-8 grid, N = h * w cells.
 """
