@@ -308,8 +308,7 @@ def add_matching(model: RVOS) -> RVOS:
         have = old.pop(key)  # every old weight has a place in the new model
         if have.shape != value.shape:  # a convolution reading the maps too: (out, in + maps, k, k)
             assert have.shape[0] == value.shape[0] and have.shape[2:] == value.shape[2:], (key, have.shape)
-            have = torch.cat([have, value.new_zeros(value.shape[0], value.shape[1] - have.shape[1],
-                                                    *value.shape[2:])], dim=1)
+            have = torch.cat([have, value[:, have.shape[1] :]], dim=1)  # the new model's own (zero) map weights
         state[key] = have
     assert not old, sorted(old)
     new.load_state_dict(state, strict=True)
