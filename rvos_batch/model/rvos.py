@@ -162,7 +162,8 @@ class RVOS(nn.Module):
             raise ValueError(f"num_slots={n_slots}: allowed is 1..{cfg.num_slots} (config.num_slots)")
         if batch_size < 0:
             raise ValueError(f"batch_size={batch_size}: allowed is >= 0")
-        sizes = list(reversed(Encoder.feature_sizes((h_img, w_img))))  # layer order, coarse to fine
+        levels = Encoder.feature_sizes((h_img, w_img))  # the skips' sizes, fine to coarse
+        sizes = list(reversed(levels))  # layer order, coarse to fine
         hidden: tuple[Tensor, ...] = ()
         if cfg.temporal:
             hidden = tuple(
@@ -172,7 +173,7 @@ class RVOS(nn.Module):
         prev = torch.zeros(batch_size, n_slots, h_img, w_img, device=device, dtype=dtype) if cfg.one_shot else None
         ref_embed = ref_cells = None
         if self.matcher is not None:
-            h_m, w_m = list(reversed(sizes))[MATCH_LEVEL]
+            h_m, w_m = levels[MATCH_LEVEL]
             ref_embed = torch.zeros(batch_size, n_slots, self.matcher.dim, h_m, w_m, device=device, dtype=dtype)
             ref_cells = torch.zeros(batch_size, n_slots, MATCH_CHANNELS, h_m, w_m, device=device, dtype=dtype)
         return RVOSState(
