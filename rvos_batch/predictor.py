@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -159,6 +159,14 @@ class _Row:
     last_frame: int | None = None
 
 
+@dataclass(frozen=True)
+class SessionSnapshot:
+    """What :meth:`BatchSession.restore` puts back: the recurrent state and the rows."""
+
+    state: RVOSState
+    rows: tuple[_Row | None, ...]
+
+
 def _prompt_objects(prompts: Prompts) -> tuple[int, ...]:
     """Objects in order of their first prompted frame, ties by id: slot i is the i-th object."""
     first: dict[int, int] = {}
@@ -257,6 +265,22 @@ class BatchSession:
             self.state = self.model.reset_rows(self.state, self._index([row]))
         self._rows[row] = info
 
+    def snapshot(self) -> SessionSnapshot:
+        """The recurrent state and the rows (their progress and prompts) as they are now, for :meth:`restore`.
+
+        Steps replace the state rather than change it, so this holds references, except under CUDA graphs, whose
+        static output buffers the next replay overwrites: there the state is copied."""
+        state = self.state
+        if self._graphed:
+            state = state.with_tensors([t.clone() for t in state.tensors()])
+        return SessionSnapshot(state, tuple(None if r is None else replace(r) for r in self._rows))
+
+    def restore(self, snapshot: SessionSnapshot) -> None:
+        """Undo the steps (and the prompts they brought) since ``snapshot``. Meant for undoing a step at once: rows
+        added or released since then are put back as they were."""
+        self.state = snapshot.state
+        self._rows = [None if r is None else replace(r) for r in snapshot.rows]
+
     def release(self, row: int) -> None:
         """Free ``row``; its state is zeroed when the next video is added."""
         self._check_row(row)
@@ -268,17 +292,23 @@ class BatchSession:
 
     # ---- one batched step --------------------------------------------------------------------------------------
 
-    def step(self, frames: Mapping[int, FrameInput]) -> dict[int, FrameResult]:
+    def step(self, frames: Mapping[int, FrameInput],
+             prompts: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> dict[int, FrameResult]:
         """One batched model step for the rows in ``frames``; returns each row's FrameResult.
 
         frames: row -> (frame_index, preprocessed (3, h, w) uint8 or float in [0, 1]), or
         (frame_index, tensor, (H0, W0)) to give the original size with the frame. Rows absent from ``frames`` are
         not advanced. A row's frame indices must increase. On an invalid input or a model error nothing is
         advanced (an error while making the masks, after the step, leaves the state advanced).
-        """
-        return self.step_async(frames).result()
 
-    def step_async(self, frames: Mapping[int, FrameInput]) -> PendingStep:
+        prompts (one-shot only): row -> object_id -> bool mask (H0, W0), masks given at this very frame, as if they
+        had come with ``add``'s prompts: a new object takes the row's next slot from this frame on, a started one
+        is re-anchored. They are kept only if the step succeeds.
+        """
+        return self.step_async(frames, prompts).result()
+
+    def step_async(self, frames: Mapping[int, FrameInput],
+                   prompts: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> PendingStep:
         """:meth:`step` without waiting: runs (on CUDA: queues) the model step, advances the state, and returns a
         :class:`PendingStep` whose ``result()`` / ``rles()`` give the masks.
 
@@ -287,6 +317,10 @@ class BatchSession:
         ``PendingStep.result()``, which may run on another thread (on CUDA on its own stream) while this thread
         launches the next step. Validation errors and model errors raised on the host leave the state unchanged.
         """
+        if prompts:
+            unknown = sorted(set(prompts) - set(frames))
+            if unknown:
+                raise ValueError(f"prompts for rows {unknown}, which are not stepped")
         if not frames:
             return PendingStep(self, [], None, None, None)
         rows = sorted(frames)
@@ -305,6 +339,8 @@ class BatchSession:
             size = (int(item[2][0]), int(item[2][1])) if len(item) > 2 else info.orig_size  # type: ignore[misc]
             if size is None:
                 raise ValueError(f"video {info.video_id!r}: original size unknown; give it to add() or with the frame")
+            if prompts and prompts.get(row):
+                info = self._with_prompts(info, fi, size, prompts[row])  # a copy: committed after the step
             infos.append(info)
             indices.append(fi)
             sizes.append(size)
@@ -348,14 +384,40 @@ class BatchSession:
             if self.device.type == "cuda":
                 event = torch.cuda.Event()
                 event.record()
-        for info, fi in zip(infos, indices, strict=True):
+        for row, info, fi in zip(rows, infos, indices, strict=True):
             info.last_frame = fi
+            self._rows[row] = info
         positions = rows if pad else list(range(len(rows)))  # each row's index in the stepped batch
         items = [
             _Item(row, pos, info.video_id, info.object_ids, fi, size)
             for row, pos, info, fi, size in zip(rows, positions, infos, indices, sizes, strict=True)
         ]
         return PendingStep(self, items, probs, started, event)
+
+    def _with_prompts(self, info: _Row, frame_index: int, size: tuple[int, int],
+                      masks: Mapping[int, np.ndarray]) -> _Row:
+        """``info`` with ``masks`` given at ``frame_index``: new objects take the next slots, in id order."""
+        if not self.one_shot:
+            raise ValueError(f"video {info.video_id!r}: prompts given to a zero-shot model (mode 'zero-shot')")
+        clean: dict[int, np.ndarray] = {}
+        for obj, mask in masks.items():
+            m = np.asarray(mask)
+            if m.shape != size:
+                raise ValueError(
+                    f"video {info.video_id!r}: prompt mask of object {obj} at frame {frame_index} has shape "
+                    f"{m.shape}; the frame is {size}"
+                )
+            clean[int(obj)] = m.astype(bool, copy=False)
+        new = tuple(sorted(o for o in clean if o not in info.object_ids))
+        objects = info.object_ids + new
+        if len(objects) > self.state.num_slots:
+            raise ValueError(
+                f"video {info.video_id!r}: {len(objects)} prompted objects {list(objects)} at frame {frame_index}; "
+                f"this model has {self.state.num_slots} slots"
+            )
+        given = dict(info.prompts)
+        given[frame_index] = {**given.get(frame_index, {}), **clean}
+        return replace(info, object_ids=objects, prompts=given)
 
     def _upload(self, tensors: list[Tensor]) -> Tensor:
         """Stack frames and move them to the device without waiting for it (pinned memory, non-blocking copy)."""

@@ -1,5 +1,6 @@
 """Predictor: output rules (disjoint masks, empty slots dropped, scores in [0, 1], original resolution, stable
-ids), batched sessions equal one video at a time, idle rows do not advance, and inputs are validated."""
+ids), batched sessions equal one video at a time, idle rows do not advance, inputs are validated, prompts given at a
+step equal prompts given at add, and a snapshot undoes steps."""
 
 from __future__ import annotations
 
@@ -225,3 +226,62 @@ def test_session_validates_rows_frames_and_prompts():
     with pytest.raises(ValueError, match=r"object 1 at frame 0 has shape \(5, 5\); the frame is \(50, 70\)"):
         os_.step({0: (0, x, ORIG)})
     assert os_.state is state  # a failed step advances nothing
+
+
+# ---- prompts given at a step, snapshots -----------------------------------------------------------------------
+
+
+def test_prompts_given_at_a_step_equal_prompts_given_at_add():
+    model = tiny("one-shot", slots=4)
+    prompts = {0: {7: box(ORIG, 5, 30, 5, 30)}, 2: {5: box(ORIG, 0, 20, 40, 70), 7: box(ORIG, 10, 40, 0, 20)}}
+    frames = video(4, seed=4)
+    whole = BatchSession(model, PredictConfig(threshold=0.05), capacity=1)
+    whole.add(0, "v", ORIG, prompts)
+    live = BatchSession(model, PredictConfig(threshold=0.05), capacity=1)
+    live.add(0, "v", ORIG)
+    a, b = [], []
+    for fi, rgb in frames:
+        x = preprocess(rgb, SIZE)
+        a.append(whole.step({0: (fi, x)})[0])
+        b.append(live.step({0: (fi, x)}, {0: prompts[fi]} if fi in prompts else None)[0])
+    assert_results_match(a, b)
+    assert {5, 7} <= set(b[-1].object_ids.tolist())
+    assert live.state.started[0].tolist() == [True, True, False, False]  # 7 -> slot 0, 5 -> slot 1
+
+
+def test_prompts_at_a_step_are_validated_and_kept_only_if_the_step_succeeds():
+    x = torch.zeros(3, *SIZE, dtype=torch.uint8)
+    zs = BatchSession(tiny("zero-shot"), PredictConfig(), capacity=1)
+    zs.add(0, "z", ORIG)
+    with pytest.raises(ValueError, match="prompts given to a zero-shot model"):
+        zs.step({0: (0, x)}, {0: {1: box(ORIG, 0, 5, 0, 5)}})
+    os_ = BatchSession(tiny("one-shot", slots=2), PredictConfig(), capacity=2)
+    os_.add(0, "v", ORIG, {0: {1: box(ORIG, 0, 5, 0, 5)}})
+    state = os_.state
+    with pytest.raises(ValueError, match=r"prompts for rows \[1\], which are not stepped"):
+        os_.step({0: (0, x)}, {1: {2: box(ORIG, 0, 5, 0, 5)}})
+    with pytest.raises(ValueError, match=r"object 2 at frame 0 has shape \(5, 5\); the frame is \(50, 70\)"):
+        os_.step({0: (0, x)}, {0: {2: np.zeros((5, 5), bool)}})
+    with pytest.raises(ValueError, match=r"3 prompted objects \[1, 2, 3\] at frame 0; this model has 2 slots"):
+        os_.step({0: (0, x)}, {0: {2: box(ORIG, 0, 5, 0, 5), 3: box(ORIG, 0, 5, 0, 5)}})
+    with pytest.raises(ValueError, match="frame tensor must be"):  # valid prompts, invalid frame: nothing kept
+        os_.step({0: (0, torch.zeros(3, 4, 4))}, {0: {2: box(ORIG, 0, 5, 0, 5)}})
+    assert os_.state is state
+    r = os_.step({0: (0, x)})[0]
+    assert set(r.object_ids.tolist()) <= {1}  # object 2 of the failed steps was never added
+
+
+def test_restore_undoes_the_steps_and_prompts_since_a_snapshot():
+    model = tiny("one-shot", slots=3)
+    session = BatchSession(model, PredictConfig(threshold=0.05), capacity=1)
+    session.add(0, "v", ORIG, {0: {1: box(ORIG, 5, 30, 5, 30)}})
+    frames = [(fi, preprocess(rgb, SIZE)) for fi, rgb in video(3, seed=5)]
+    session.step({0: frames[0]})
+    snap = session.snapshot()
+    first = session.step({0: frames[1]}, {0: {4: box(ORIG, 0, 20, 40, 70)}})[0]
+    session.restore(snap)
+    assert session.state.started[0].tolist() == [True, False, False]
+    again = session.step({0: frames[1]})[0]  # frame 1 may be stepped again, now without object 4
+    assert 4 in first.object_ids.tolist() and 4 not in again.object_ids.tolist()
+    session.restore(snap)
+    assert_results_match([session.step({0: frames[1]})[0]], [again])
