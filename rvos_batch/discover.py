@@ -1,0 +1,197 @@
+"""Zero-shot labeling with a tracker: the zero-shot model finds the objects, a one-shot model follows them.
+
+RVOS's zero-shot model both finds objects and follows them. Its one-shot model (RVOS-Mask) only follows, from
+given masks, and does that far better: the shipped one was trained longer, runs at a larger size and has the
+refinement head. A :class:`DiscoverTrackSession` runs both on every frame. An object the finder shows and the
+tracker does not yet follow is handed to the tracker as a prompt at that frame (:func:`new_objects`), and the
+tracker's masks are the output. No mask is given by anyone, so this is still zero-shot labeling. It is not in the
+paper; `rvos-batch label --mode zero-shot --tracker default` runs it, and the model card has its figures.
+
+The hand-over rule, per video:
+- each finder object (finder slot) is handed over at most once: the finder keeps an object in its slot, so a slot
+  seen again shows the same object, usually one the tracker already follows or has lost for good;
+- a finder mask is handed over when it covers at least ``min_area_fraction`` of the frame and at most
+  ``max_overlap`` of it lies on the tracker's masks of the previous frame;
+- at most as many objects as the tracker has slots.
+
+The tracker's object ids count 1, 2, ... in the order objects are found; they are stable through the video.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rvos_batch import rle
+from rvos_batch.model.config import ConfigError
+from rvos_batch.model.rvos import RVOS
+from rvos_batch.predictor import BatchSession, FrameInput, FrameResult, FrameRLE, PredictConfig
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """When a finder mask becomes a tracked object. min_area_fraction: of the frame's pixels (0.0005 is 51 pixels
+    of a 240x427 frame). max_overlap: the largest fraction of the mask that may lie on already tracked objects.
+    The defaults were chosen on the two validation sets of the model card."""
+
+    min_area_fraction: float = 0.0005
+    max_overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_area_fraction < 1.0:
+            raise ConfigError(f"DiscoveryConfig.min_area_fraction={self.min_area_fraction!r}: allowed is [0, 1)")
+        if not 0.0 <= self.max_overlap <= 1.0:
+            raise ConfigError(f"DiscoveryConfig.max_overlap={self.max_overlap!r}: allowed is [0, 1]")
+
+
+def new_objects(found: FrameResult, tracked: np.ndarray | None, handed_over: Collection[int], free_slots: int,
+                config: DiscoveryConfig = DiscoveryConfig()) -> list[tuple[int, np.ndarray]]:
+    """The finder's objects of this frame to hand to the tracker: (finder object id, mask), in finder id order.
+
+    tracked: bool (H0, W0), the union of the tracker's masks on the previous frame (None: nothing tracked yet).
+    handed_over: finder object ids handed over before in this video. free_slots: the tracker's slots left.
+    """
+    out: list[tuple[int, np.ndarray]] = []
+    for obj, mask in zip(found.object_ids, found.masks, strict=True):
+        if len(out) >= free_slots:
+            break
+        if int(obj) in handed_over:
+            continue
+        area = int(np.count_nonzero(mask))
+        if area == 0 or area < config.min_area_fraction * mask.size:
+            continue
+        if tracked is not None and np.count_nonzero(mask & tracked) > config.max_overlap * area:
+            continue
+        out.append((int(obj), mask))
+    return out
+
+
+@dataclass
+class _Video:
+    handed_over: dict[int, int] = field(default_factory=dict)  # finder object id -> tracker object id
+    tracked: np.ndarray | None = None  # union of the tracker's masks on the last frame, (H0, W0)
+
+
+class FinishedStep:
+    """The masks of one :meth:`DiscoverTrackSession.step_async`, already made (the next frame's hand-over needs
+    them); ``rows``, ``result()`` and ``rles()`` as :class:`~rvos_batch.predictor.PendingStep`."""
+
+    def __init__(self, results: Mapping[int, FrameResult]) -> None:
+        self._results = dict(results)
+        self.rows = sorted(self._results)
+
+    def result(self) -> dict[int, FrameResult]:
+        return dict(self._results)
+
+    def rles(self) -> dict[int, FrameRLE]:
+        out: dict[int, FrameRLE] = {}
+        for row, r in self._results.items():
+            h0, w0 = r.masks.shape[1:]
+            if len(r.masks):
+                rles, areas, boxes = rle.encode_batch_with_stats(r.masks)
+            else:
+                rles, areas, boxes = [], np.zeros(0, np.int64), np.zeros((0, 4), np.float64)
+            out[row] = FrameRLE(r.frame_index, (h0, w0), r.object_ids, [x["counts"] for x in rles],
+                                np.asarray(areas, np.int64), np.asarray(boxes, np.float64).reshape(-1, 4), r.scores)
+        return out
+
+
+class DiscoverTrackSession:
+    """:class:`~rvos_batch.predictor.BatchSession`'s row interface (``add``, ``step``, ``step_async``, ``release``,
+    ``free_rows``, ``video_id``) over two models: ``finder`` (zero-shot) and ``tracker`` (one-shot).
+
+    Frames come at the tracker's input size (``input_size``); the finder gets them resized on the device. A step
+    waits for its masks, since the next frame's hand-over reads them. A failed step leaves both models' states
+    and the hand-overs as they were, so a caller may retry the rows one by one (as with BatchSession, a failure
+    while making the masks, after both steps, does not).
+    """
+
+    one_shot = False  # no masks are given
+
+    def __init__(self, finder: RVOS, tracker: RVOS, config: PredictConfig, capacity: int | None = None,
+                 discovery: DiscoveryConfig = DiscoveryConfig()) -> None:
+        if finder.config.mode != "zero-shot":
+            raise ConfigError(f"the finder must be a zero-shot model; this one is {finder.config.mode}")
+        if tracker.config.mode != "one-shot":
+            raise ConfigError(f"the tracker must be a one-shot model; this one is {tracker.config.mode}")
+        self.finder = BatchSession(finder, config, capacity)
+        self.tracker = BatchSession(tracker, config, capacity)
+        self.config = config
+        self.discovery = discovery
+        self.capacity = self.tracker.capacity
+        self.input_size = self.tracker.input_size
+        self._videos: list[_Video | None] = [None] * self.capacity
+
+    def free_rows(self) -> list[int]:
+        return self.tracker.free_rows()
+
+    def video_id(self, row: int) -> str | None:
+        return self.tracker.video_id(row)
+
+    def add(self, row: int, video_id: str, orig_size: tuple[int, int] | None = None,
+            prompts: Mapping[int, Mapping[int, np.ndarray]] | None = None) -> None:
+        """Start ``video_id`` in the free ``row``; as :meth:`BatchSession.add`, without prompts (zero-shot)."""
+        if prompts:
+            raise ValueError(f"video {video_id!r}: prompts given to zero-shot labeling with a tracker")
+        self.tracker.add(row, video_id, orig_size, {})
+        try:
+            self.finder.add(row, video_id, orig_size)
+        except Exception:
+            self.tracker.release(row)
+            raise
+        self._videos[row] = _Video()
+
+    def release(self, row: int) -> None:
+        self.tracker.release(row)
+        self.finder.release(row)
+        self._videos[row] = None
+
+    def step(self, frames: Mapping[int, FrameInput]) -> dict[int, FrameResult]:
+        return self.step_async(frames).result()
+
+    def step_async(self, frames: Mapping[int, FrameInput]) -> FinishedStep:
+        """One frame per row in ``frames`` (as :meth:`BatchSession.step`): the finder steps, its new objects become
+        the tracker's prompts at this frame, the tracker steps, and its masks are the result."""
+        if not frames:
+            return FinishedStep({})
+        small = {row: (item[0], self._finder_frame(item[1]), *item[2:]) for row, item in frames.items()}
+        before = self.finder.snapshot()
+        found = self.finder.step(small)  # type: ignore[arg-type]
+        try:
+            prompts: dict[int, dict[int, np.ndarray]] = {}
+            handed: dict[int, dict[int, int]] = {}
+            for row, f in found.items():
+                video = self._videos[row]
+                assert video is not None
+                free = self.tracker.state.num_slots - len(video.handed_over)
+                new = new_objects(f, video.tracked, video.handed_over, free, self.discovery)
+                for k, (obj, mask) in enumerate(new):
+                    tracker_id = len(video.handed_over) + k + 1
+                    prompts.setdefault(row, {})[tracker_id] = mask
+                    handed.setdefault(row, {})[obj] = tracker_id
+            pending = self.tracker.step_async(frames, prompts)
+        except BaseException:
+            self.finder.restore(before)
+            raise
+        results = pending.result()  # a failure from here on leaves both models advanced, as BatchSession.step does
+        for row, r in results.items():
+            video = self._videos[row]
+            assert video is not None
+            video.handed_over.update(handed.get(row, {}))
+            video.tracked = np.any(r.masks, axis=0) if len(r.masks) else None
+        return FinishedStep(results)
+
+    def _finder_frame(self, x: Tensor) -> Tensor:
+        """A frame at the tracker's size -> the finder's size (float in [0, 1], antialiased bilinear)."""
+        if tuple(x.shape[1:]) == self.finder.input_size:
+            return x
+        y = x.float()
+        if x.dtype == torch.uint8:
+            y = y / 255.0
+        y = F.interpolate(y[None], size=self.finder.input_size, mode="bilinear", align_corners=False, antialias=True)
+        return y[0].clamp_(0.0, 1.0)

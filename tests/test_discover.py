@@ -1,0 +1,207 @@
+"""Zero-shot finding with a one-shot tracker: the hand-over rule and the session that composes the two models (equal
+to its parts, batched equal to one video at a time, failures undone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_predictor import ORIG, assert_results_match, box, check_result, tiny, video
+
+from rvos_batch.discover import DiscoverTrackSession, DiscoveryConfig, FinishedStep, new_objects
+from rvos_batch.model import RVOS, ConfigError, RVOSConfig
+from rvos_batch.predictor import BatchSession, FrameResult, PredictConfig, preprocess
+from rvos_batch.rle import decode
+
+TRACK_SIZE = (80, 112)  # the tracker runs at another size than the finder (SIZE), as the shipped pair does
+
+
+def tracker(slots: int = 3) -> RVOS:
+    torch.manual_seed(1)
+    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=slots, mode="one-shot", recurrence="ST",
+                            input_size=TRACK_SIZE)).eval()
+    with torch.no_grad():
+        model.decoder.head.bias.fill_(1.0)  # a prompted object keeps a mask
+    return model
+
+
+def found(*masks: tuple[int, np.ndarray]) -> FrameResult:
+    ids = np.array([i for i, _ in masks], np.int32)
+    stack = np.stack([m for _, m in masks]) if masks else np.zeros((0, *ORIG), bool)
+    return FrameResult(0, ids, stack, np.ones(len(masks), np.float32))
+
+
+# ---- the hand-over rule --------------------------------------------------------------------------------------
+
+
+def test_new_objects_hands_over_unseen_large_enough_untracked_masks():
+    a, b, c = box(ORIG, 0, 10, 0, 10), box(ORIG, 20, 30, 20, 40), box(ORIG, 40, 41, 0, 1)  # c: one pixel
+    f = found((1, a), (2, b), (3, c))
+    cfg = DiscoveryConfig(min_area_fraction=2 / (ORIG[0] * ORIG[1]), max_overlap=0.5)
+    assert [i for i, _ in new_objects(f, None, set(), 5, cfg)] == [1, 2]  # c is below the area floor
+    assert np.array_equal(new_objects(f, None, set(), 5, cfg)[1][1], b)  # the finder's own mask is handed over
+    assert [i for i, _ in new_objects(f, None, {1}, 5, cfg)] == [2]  # a finder object is handed over once
+    assert [i for i, _ in new_objects(f, None, set(), 1, cfg)] == [1]  # no more than the free slots
+    assert new_objects(f, None, set(), 0, cfg) == []
+    half = box(ORIG, 0, 5, 0, 10)  # covers exactly half of a: not more than max_overlap, so a is still new
+    assert [i for i, _ in new_objects(f, half, set(), 5, cfg)] == [1, 2]
+    more = box(ORIG, 0, 6, 0, 10)
+    assert [i for i, _ in new_objects(f, more, set(), 5, cfg)] == [2]
+    assert [i for i, _ in new_objects(f, more, set(), 5, DiscoveryConfig(0.0, 1.0))] == [1, 2, 3]
+    assert new_objects(found(), None, set(), 5, cfg) == []
+
+
+def test_discovery_config_is_validated():
+    with pytest.raises(ConfigError, match="min_area_fraction"):
+        DiscoveryConfig(min_area_fraction=1.0)
+    with pytest.raises(ConfigError, match="max_overlap"):
+        DiscoveryConfig(max_overlap=-0.1)
+
+
+# ---- the session --------------------------------------------------------------------------------------------
+
+
+def _run(session: DiscoverTrackSession, frames, row: int = 0) -> list[FrameResult]:
+    return [session.step({row: (fi, preprocess(rgb, TRACK_SIZE))})[row] for fi, rgb in frames]
+
+
+def test_discover_track_equals_the_finder_then_the_prompted_tracker():
+    """The session's output is the tracker's, given at each frame the finder's new objects (by new_objects)."""
+    finder, follow = tiny("zero-shot"), tracker()
+    cfg = PredictConfig(threshold=0.3)
+    discovery = DiscoveryConfig(min_area_fraction=0.01)
+    frames = video(5, seed=6)
+    session = DiscoverTrackSession(finder, follow, cfg, capacity=1, discovery=discovery)
+    session.add(0, "v", ORIG)
+    got = _run(session, frames)
+
+    alone = BatchSession(finder, cfg, capacity=1)
+    alone.add(0, "v", ORIG)
+    plain = BatchSession(follow, cfg, capacity=1)
+    plain.add(0, "v", ORIG)
+    handed: dict[int, int] = {}
+    tracked = None
+    want = []
+    for fi, rgb in frames:
+        x = preprocess(rgb, TRACK_SIZE)
+        f = alone.step({0: (fi, session._finder_frame(x))})[0]
+        new = new_objects(f, tracked, handed, 3 - len(handed), discovery)
+        prompts = {}
+        for obj, mask in new:
+            handed[obj] = len(handed) + 1
+            prompts[handed[obj]] = mask
+        r = plain.step({0: (fi, x)}, {0: prompts} if prompts else None)[0]
+        tracked = r.masks.any(axis=0) if len(r.masks) else None
+        want.append(r)
+    assert_results_match(got, want)
+    assert handed, "the test finder should find something"
+    for r in got:
+        check_result(r, ORIG, set(range(1, len(handed) + 1)))
+
+
+def test_discover_track_batched_rows_equal_one_video_at_a_time():
+    finder, follow = tiny("zero-shot"), tracker()
+    cfg = PredictConfig(threshold=0.3)
+    videos = {"a": video(4, seed=7), "b": video(2, seed=8), "c": video(3, seed=9)}
+    alone = {}
+    for vid, frames in videos.items():
+        s = DiscoverTrackSession(finder, follow, cfg, capacity=1)
+        s.add(0, vid, ORIG)
+        alone[vid] = _run(s, frames)
+    batched = {vid: [] for vid in videos}
+    s = DiscoverTrackSession(finder, follow, cfg, capacity=2)
+    queue, rows, pos = list(videos), {}, {}
+    while queue or rows:
+        for row in s.free_rows():
+            if queue:
+                vid = queue.pop(0)
+                s.add(row, vid, ORIG)
+                rows[row], pos[vid] = vid, 0
+        step = {row: (pos[vid], preprocess(videos[vid][pos[vid]][1], TRACK_SIZE)) for row, vid in rows.items()}
+        pending = s.step_async(step)
+        assert isinstance(pending, FinishedStep) and pending.rows == sorted(step)
+        for row, r in pending.result().items():
+            batched[rows[row]].append(r)
+        for row, vid in list(rows.items()):
+            pos[vid] += 1
+            if pos[vid] == len(videos[vid]):
+                s.release(row)
+                del rows[row]
+    for vid in videos:
+        assert_results_match(batched[vid], alone[vid])
+
+
+def test_rles_are_the_results_encoded():
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1)
+    s.add(0, "v", ORIG)
+    for fi, rgb in video(3, seed=10):
+        pending = s.step_async({0: (fi, preprocess(rgb, TRACK_SIZE))})
+        r, e = pending.result()[0], pending.rles()[0]
+        assert e.size == ORIG and e.object_ids.tolist() == r.object_ids.tolist()
+        assert e.areas.tolist() == r.masks.sum(axis=(1, 2)).tolist() and e.boxes.shape == (len(r.masks), 4)
+        for counts, mask in zip(e.counts, r.masks, strict=True):
+            assert np.array_equal(decode({"size": list(ORIG), "counts": counts}), mask)
+
+
+def test_a_failed_tracker_step_leaves_both_models_as_they_were(monkeypatch):
+    finder, follow = tiny("zero-shot"), tracker()
+    cfg = PredictConfig(threshold=0.3)
+    frames = video(4, seed=11)
+    ref = DiscoverTrackSession(finder, follow, cfg, capacity=1)
+    ref.add(0, "v", ORIG)
+    want = _run(ref, frames)
+
+    s = DiscoverTrackSession(finder, follow, cfg, capacity=1)
+    s.add(0, "v", ORIG)
+    got = _run(s, frames[:2])
+    real_step = follow.step
+    calls = {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        raise RuntimeError("tracker broke")
+
+    monkeypatch.setattr(follow, "step", failing)
+    fi, rgb = frames[2]
+    with pytest.raises(RuntimeError, match="tracker broke"):
+        s.step({0: (fi, preprocess(rgb, TRACK_SIZE))})
+    assert calls["n"] == 1
+    monkeypatch.setattr(follow, "step", real_step)
+    got += _run(s, frames[2:])  # the same frame again: the finder was rolled back, no hand-over was kept
+    assert_results_match(got, want)
+
+
+def test_discover_track_session_refuses_wrong_models_and_prompts():
+    zs, os_ = tiny("zero-shot"), tracker()
+    with pytest.raises(ConfigError, match="the finder must be a zero-shot model"):
+        DiscoverTrackSession(os_, os_, PredictConfig())
+    with pytest.raises(ConfigError, match="the tracker must be a one-shot model"):
+        DiscoverTrackSession(zs, zs, PredictConfig())
+    s = DiscoverTrackSession(zs, os_, PredictConfig(), capacity=1)
+    assert s.input_size == TRACK_SIZE and s.free_rows() == [0]
+    with pytest.raises(ValueError, match="prompts given to zero-shot labeling with a tracker"):
+        s.add(0, "v", ORIG, {0: {1: box(ORIG, 0, 5, 0, 5)}})
+    assert s.free_rows() == [0]
+    s.add(0, "v", ORIG)
+    assert s.video_id(0) == "v" and s.step({}) == {}
+    s.release(0)
+    assert s.free_rows() == [0] and s.video_id(0) is None
+
+
+def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
+    """The finder is scripted: object 1 at frame 0, then object 2 lying on what the tracker follows."""
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
+                             discovery=DiscoveryConfig(min_area_fraction=0.0))
+    script = {0: [(1, box(ORIG, 5, 25, 5, 25))], 1: [(1, box(ORIG, 5, 25, 5, 25)), (2, box(ORIG, 10, 20, 10, 20))]}
+
+    def scripted(frames):
+        [(row, (fi, *_))] = frames.items()
+        f = found(*script[fi])
+        return {row: FrameResult(fi, f.object_ids, f.masks, f.scores)}
+
+    monkeypatch.setattr(s.finder, "step", scripted)
+    s.add(0, "v", ORIG)
+    first, second = _run(s, video(2, seed=12))
+    assert first.object_ids.tolist() == [1] and second.object_ids.tolist() == [1]
+    assert second.masks[0][10:20, 10:20].all(), "the tracker should cover the second found object"
+    assert s.tracker.state.started[0].tolist() == [True, False, False]  # object 2 was never handed over
