@@ -24,23 +24,24 @@ from rvos_batch.job.worker import run_in_process
 
 
 def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
-          input_size: tuple[int, int] | None = None) -> dict:
+          input_size: tuple[int, int] | None = None, tracker: str | None = None) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
-    out = work / f"out-{mode}"
+    out = work / f"out-{mode}{'-tracked' if tracker else ''}"
     cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
-                      input_size=input_size)
+                      input_size=input_size, tracker=tracker)
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
     frames = sum(r.frames for r in results)
-    pngs = work / f"png-{mode}"
+    pngs = work / f"png-{out.name.removeprefix('out-')}"
     export_davis(str(out), pngs)
     protocol = "semi-supervised" if mode == "one-shot" else "unsupervised"
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
-    summary.update({"mode": mode, "model": model, "input_size": list(input_size) if input_size else None,
+    summary.update({"mode": mode, "model": model, "tracker": tracker,
+                    "input_size": list(input_size) if input_size else None,
                     "frames": frames, "label_seconds": round(seconds, 2),
                     "frames_per_second": round(frames / seconds, 2) if seconds else None})
     return summary
@@ -53,12 +54,14 @@ def main() -> int:
     p.add_argument("--mode", choices=("zero-shot", "one-shot"), required=True)
     p.add_argument("--input-size", type=size_arg, default=None, metavar="HxW",
                    help="label at this size instead of the model's own (as rvos-batch label --input-size)")
+    p.add_argument("--tracker", default=None, help="zero-shot: a one-shot model following what it finds "
+                   "(as rvos-batch label --tracker)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rvos-eval-"))
     work.mkdir(parents=True, exist_ok=True)
-    s = score(args.data, args.model, args.mode, work, input_size=args.input_size)
+    s = score(args.data, args.model, args.mode, work, input_size=args.input_size, tracker=args.tracker)
     if args.json:
         print(json.dumps(s))
     else:

@@ -160,6 +160,35 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert set(masks.column("object_id").to_pylist()) <= {1, 2}
 
 
+def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
+    """--tracker: the one-shot model follows what the zero-shot model finds; its digest joins the fingerprint."""
+    from rvos_batch.job.driver import run_job
+
+    corpus = str(tmp_path / "corpus")
+    ids = make_corpus(corpus, [4, 3, 5])
+    follow = tiny_model(tmp_path / "tracker.pt", mode="one-shot", input_size=(80, 112), seed=1)
+    cfg = LabelConfig(corpus=corpus, out=str(tmp_path / "out"), model=model_path, tracker=follow, min_area=1,
+                      batch_videos=2)
+    worker = ShardWorker(cfg)
+    assert worker.frame_size == (80, 112) and worker.model_config.input_size == (64, 96)
+    summary = run_job(cfg, progress=False)
+    assert summary.ok and summary.videos_ok == 3 and summary.frames == 12
+    masks = assert_exactly_once(cfg.out, ids)
+    assert masks.num_rows > 0 and set(masks.column("object_id").to_pylist()) <= {1, 2, 3}
+    assert set(zip(masks["height"].to_pylist(), masks["width"].to_pylist(), strict=True)) == {(60, 90)}
+    run = json.loads(Path(cfg.out, "run.json").read_text())
+    assert run["config"]["tracker"] == follow and run["model"]["tracker"]["sha256"]
+    assert run_job(cfg, progress=False).shards_skipped == 1
+    with pytest.raises(MaskStoreError, match="tracker_sha256"):  # the same OUT without the tracker is refused
+        run_job(dataclasses.replace(cfg, tracker=None), progress=False)
+    with pytest.raises(RvosBatchError, match="is a zero-shot model; a tracker is one-shot"):
+        run_job(dataclasses.replace(cfg, tracker=model_path, out=str(tmp_path / "o2")), progress=False)
+    with pytest.raises(RvosBatchError, match="--tracker .* is for --mode zero-shot"):
+        LabelConfig(corpus=corpus, out="o", mode="one-shot", tracker=follow)
+    args = build_parser().parse_args(["label", corpus, "o", "--tracker", "default"])
+    assert config_from_args(args).tracker == "default"
+
+
 @pytest.mark.s3
 def test_corpus_and_output_on_s3(s3_bucket, model_path, ray_local):
     from rvos_batch.job.driver import run_job

@@ -32,6 +32,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="run the model at this frame size instead of the one it was trained for (its weights do "
                         "not depend on it): larger is slower and can be more accurate; masks are still written at "
                         "each video's own resolution (default: the model's size)")
+    p.add_argument("--tracker", default=None, metavar="NAME_OR_PATH",
+                   help="zero-shot only: a one-shot model ('default': the shipped one) that follows each object the "
+                        "zero-shot model finds, from the frame it is found on; its masks are the output. Slower, "
+                        "better masks (see the model card)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster ('auto' or ray://host:10001); default: start a local Ray")
     p.add_argument("--num-actors", type=int, default=None, metavar="N",
@@ -67,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     corpus = args.corpus or str(SAMPLE_CORPUS)
     return LabelConfig(
         corpus=corpus, out=args.out, mode=args.mode, prompts=args.prompts, model=args.model,
-        input_size=args.input_size,
+        input_size=args.input_size, tracker=args.tracker,
         videos_per_shard=args.videos_per_shard, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,
         max_shard_attempts=args.max_shard_attempts, address=args.address, overwrite=args.overwrite,
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from rvos_batch.job.driver import run_job
 
     config = config_from_args(args)
-    print(f"labeling {config.corpus} -> {config.out} ({config.mode}, model {config.model})", file=sys.stderr)
+    tracker = f", tracker {config.tracker}" if config.tracker else ""
+    print(f"labeling {config.corpus} -> {config.out} ({config.mode}, model {config.model}{tracker})", file=sys.stderr)
     summary = run_job(config, progress=not args.no_progress)
     preview = None
     if not args.no_preview and summary.videos_ok:

@@ -46,7 +46,9 @@ class LabelConfig:
     compile: str | None = None  # a torch.compile mode for the model on CUDA, e.g. "reduce-overhead" (CUDA graphs)
     amp: str | None = None  # None: the device's default (bfloat16 on CUDA, float32 on CPU); or float32/bfloat16/float16
     gpu_decode: bool = False  # decode JPEGs with nvJPEG on the actor's GPU instead of PIL on threads
+    tracker: str | None = None  # zero-shot only: a one-shot model that follows what the model finds (discover.py)
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
+    tracker_sha256: str | None = None  # the same for the tracker
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
 
     OUTPUT_FIELDS = ("mode", "prompts", "videos_per_shard", "threshold", "min_area")
@@ -76,6 +78,11 @@ class LabelConfig:
             object.__setattr__(self, "input_size", (int(size[0]), int(size[1])))
         if self.prompts and self.mode != "one-shot":
             raise RvosBatchError("--prompts is only used with --mode one-shot")
+        if self.tracker is not None and self.mode != "zero-shot":
+            raise RvosBatchError(
+                "--tracker (a one-shot model that follows the objects the zero-shot model finds) is for "
+                "--mode zero-shot"
+            )
 
     @property
     def prompts_url(self) -> str | None:
@@ -93,13 +100,15 @@ class LabelConfig:
 
 
 def output_fingerprint(
-    config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int]
+    config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int],
+    tracker_sha256: str | None = None,
 ) -> dict[str, Any]:
     """What must match between runs writing into one OUT: output-affecting config, model, corpus.
 
     ``model_input_size`` is the size the model was saved with. A run at another ``--input-size`` labels differently,
     so that size joins the fingerprint; a run at the model's own size (given or not) keeps the plain fingerprint,
-    the one runs made before ``--input-size`` existed.
+    the one runs made before ``--input-size`` existed. Likewise the tracker's digest joins it only for a run with a
+    ``--tracker``.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
@@ -107,6 +116,8 @@ def output_fingerprint(
     fp["corpus_fingerprint"] = corpus_fingerprint
     if config.input_size not in (None, model_input_size):  # both normalised to (int, int) by their configs
         fp["input_size"] = list(config.input_size)
+    if tracker_sha256 is not None:
+        fp["tracker_sha256"] = tracker_sha256
     return fp
 
 

@@ -221,10 +221,24 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
     _, model_config, _ = load_checkpoint(model_path)  # fail here, not in every actor, on a bad or wrong model
     if model_config.mode != config.mode:
         raise RvosBatchError(f"model {config.model!r} is a {model_config.mode} model; this run is --mode {config.mode}")
-    fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size)
+    tracker_sha, tracker_info = None, None
+    if config.tracker is not None:
+        tracker_path = resolve_model(config.tracker, "one-shot")
+        tracker_sha = file_sha256(tracker_path)
+        _, tracker_config, _ = load_checkpoint(tracker_path)
+        if tracker_config.mode != "one-shot":
+            raise RvosBatchError(
+                f"--tracker {config.tracker!r} is a {tracker_config.mode} model; a tracker is one-shot"
+            )
+        tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
+                        "config": tracker_config.to_dict()}
+    fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
+                                     tracker_sha)
     if config.input_size is not None:
         model_config = dataclasses.replace(model_config, input_size=config.input_size)  # the size it labels at
     model_info = {"name": config.model, "path": model_path, "sha256": model_sha, "config": model_config.to_dict()}
+    if tracker_info is not None:
+        model_info["tracker"] = tracker_info
     prompt_check = check_prompts(config, [e.video_id for e in entries])
     with store.lock():
         record = prepare_output(store, config, fingerprint, shards, model_info)
@@ -236,7 +250,8 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         summary = JobSummary(len(shards), len(shards) - len(todo), 0)
         if todo:
             # actors load the model themselves, maybe on other nodes: pin the bytes this driver digested
-            _run_shards(dataclasses.replace(config, model_sha256=model_sha), todo, summary, progress)
+            pinned = dataclasses.replace(config, model_sha256=model_sha, tracker_sha256=tracker_sha)
+            _run_shards(pinned, todo, summary, progress)
         _totals(store, summary)
         record["runs"][-1]["finished"] = _now()
         record["runs"][-1]["shards_done"] = summary.shards_done

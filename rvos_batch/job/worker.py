@@ -34,14 +34,19 @@ import torch
 
 from rvos_batch import imaging, maskstore, rle
 from rvos_batch.corpus import CorpusReader, CorpusReadError, FrameRecord, VideoEntry
+from rvos_batch.discover import DiscoverTrackSession, FinishedStep
 from rvos_batch.errors import RLEError, RvosBatchError
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.faults import fault_point
 from rvos_batch.job.plan import ShardSpec
 from rvos_batch.model.checkpoint import load_checkpoint
+from rvos_batch.model.rvos import RVOS
 from rvos_batch.predictor import BatchSession, FrameRLE, PendingStep, PredictConfig, preprocess
 from rvos_batch.schema import MASK_SCHEMA
 from rvos_batch.zoo import resolve_model
+
+Session = BatchSession | DiscoverTrackSession  # the zero-shot model alone, or finding objects for a tracker
+Step = PendingStep | FinishedStep
 
 log = logging.getLogger(__name__)
 
@@ -272,13 +277,25 @@ class ShardWorker:
             raise RvosBatchError(
                 f"model {config.model!r} is a {self.model_config.mode} model; this run is --mode {config.mode}"
             )
+        self.tracker: RVOS | None = None
+        self.frame_size = self.model_config.input_size  # the size frames are decoded to
+        if config.tracker is not None:
+            self.tracker, tracker_config, _ = load_checkpoint(resolve_model(config.tracker, "one-shot"),
+                                                              map_location=self.device,
+                                                              expected_sha256=config.tracker_sha256)
+            if tracker_config.mode != "one-shot":
+                raise RvosBatchError(
+                    f"--tracker {config.tracker!r} is a {tracker_config.mode} model; a tracker is one-shot"
+                )
+            self.tracker.eval()
+            self.frame_size = tracker_config.input_size  # the finder's frames are resized from these
         self.predict_config = speed_settings(
             PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device)), config
         )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
         self.pool = ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode")
-        h, w = self.model_config.input_size
+        h, w = self.frame_size
         self._draft = (w, h)
         self._device_decode = config.gpu_decode or os.environ.get(GPU_DECODE_ENV, "0") == "1"
         self.last_timings: dict[str, float] = {}
@@ -297,7 +314,7 @@ class ShardWorker:
             rgb = imaging.decode_image(record.image, draft=self._draft)
         except Exception as e:
             raise FrameError(record.frame_index, e) from e
-        return _Decoded(record.frame_index, preprocess(rgb, self.model_config), (h0, w0))
+        return _Decoded(record.frame_index, preprocess(rgb, self.frame_size), (h0, w0))
 
     def _decode_on_device(self, data: bytes) -> torch.Tensor:
         """JPEG bytes -> uint8 (3, h, w) at the model input size, decoded and resized on the worker's device.
@@ -311,13 +328,13 @@ class ShardWorker:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         if self.device.type != "cuda":
             img = decode_jpeg(raw, mode=ImageReadMode.RGB)
-            return _resize_uint8(img, self.model_config.input_size)
+            return _resize_uint8(img, self.frame_size)
         stream = getattr(self._decode_streams, "stream", None)
         if stream is None:
             stream = self._decode_streams.stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
             img = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
-            x = _resize_uint8(img, self.model_config.input_size)
+            x = _resize_uint8(img, self.frame_size)
         stream.synchronize()
         x.record_stream(torch.cuda.default_stream(self.device))  # used and freed on the model's stream
         return x
@@ -349,7 +366,7 @@ class ShardWorker:
         t0 = time.perf_counter()
         fault_point("shard_start", spec.shard_id)
         prompts, bad_prompts = self._load_prompts(spec)
-        session = BatchSession(self.model, self.predict_config, capacity=self.config.batch_videos)
+        session = self._session()
         pending: Iterator[VideoEntry] = iter(spec.videos)
         rows: dict[int, _Video] = {}
         video_rows: list[dict[str, Any]] = []  # appended by the post thread, read after drain()
@@ -446,7 +463,7 @@ class ShardWorker:
 
     # -- post thread jobs -------------------------------------------------------------------------------
     @staticmethod
-    def _collect(step: PendingStep, videos: dict[int, _Video], progress: ProgressFn | None) -> None:
+    def _collect(step: Step, videos: dict[int, _Video], progress: ProgressFn | None) -> None:
         """Masks of one step as RLE rows of each video (post thread)."""
         try:
             out = step.rles()
@@ -478,7 +495,12 @@ class ShardWorker:
         if error is not None:
             log.warning("video %s failed: %s", v.entry.video_id, error)
 
-    def _start_video(self, session: BatchSession, rows: dict[int, _Video], row: int, entry: VideoEntry,
+    def _session(self) -> Session:
+        if self.tracker is None:
+            return BatchSession(self.model, self.predict_config, capacity=self.config.batch_videos)
+        return DiscoverTrackSession(self.model, self.tracker, self.predict_config, capacity=self.config.batch_videos)
+
+    def _start_video(self, session: Session, rows: dict[int, _Video], row: int, entry: VideoEntry,
                      prompts: dict[int, dict[int, np.ndarray]] | None) -> None:
         if self.config.mode == "one-shot" and not prompts:
             prompts = {}
@@ -486,8 +508,8 @@ class ShardWorker:
         stream = _FrameStream(self.reader, entry, self.pool, self._decode, self.config.prefetch_frames)
         rows[row] = _Video(entry, stream, time.perf_counter())
 
-    def _step(self, session: BatchSession, inputs: dict[int, tuple[int, torch.Tensor, tuple[int, int]]],
-              finish: Callable[[int, str | None], None]) -> list[PendingStep]:
+    def _step(self, session: Session, inputs: dict[int, tuple[int, torch.Tensor, tuple[int, int]]],
+              finish: Callable[[int, str | None], None]) -> list[Step]:
         """Step all rows at once; if that fails, step them one by one so only the faulty video fails."""
         try:
             return [session.step_async(inputs)]
@@ -496,7 +518,7 @@ class ShardWorker:
                 row = next(iter(inputs))
                 finish(row, f"model failed at frame {inputs[row][0]}: {_describe_current()}")
                 return []
-        steps: list[PendingStep] = []
+        steps: list[Step] = []
         for row, item in inputs.items():
             try:
                 steps.append(session.step_async({row: item}))
