@@ -169,7 +169,10 @@ class DiscoverTrackSession:
                 video = self._videos[row]
                 assert video is not None
                 free = self.tracker.state.num_slots - len(video.handed_over)
-                new = new_objects(f, video.tracked, video.handed_over, free, self.discovery)
+                tracked = video.tracked
+                if tracked is not None and tracked.shape != f.masks.shape[1:]:  # a video's frames may change size
+                    tracked = _resize_nearest(tracked, f.masks.shape[1:])
+                new = new_objects(f, tracked, video.handed_over, free, self.discovery)
                 for k, (obj, mask) in enumerate(new):
                     tracker_id = len(video.handed_over) + k + 1
                     prompts.setdefault(row, {})[tracker_id] = mask
@@ -195,3 +198,11 @@ class DiscoverTrackSession:
             y = y / 255.0
         y = F.interpolate(y[None], size=self.finder.input_size, mode="bilinear", align_corners=False, antialias=True)
         return y[0].clamp_(0.0, 1.0)
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """A bool mask resized to ``size`` (H, W) by nearest neighbour (pixel centres)."""
+    h, w = mask.shape
+    rows = ((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64).clip(0, h - 1)
+    cols = ((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64).clip(0, w - 1)
+    return mask[rows[:, None], cols[None, :]]

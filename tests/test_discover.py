@@ -188,11 +188,8 @@ def test_discover_track_session_refuses_wrong_models_and_prompts():
     assert s.free_rows() == [0] and s.video_id(0) is None
 
 
-def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
-    """The finder is scripted: object 1 at frame 0, then object 2 lying on what the tracker follows."""
-    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
-                             discovery=DiscoveryConfig(min_area_fraction=0.0))
-    script = {0: [(1, box(ORIG, 5, 25, 5, 25))], 1: [(1, box(ORIG, 5, 25, 5, 25)), (2, box(ORIG, 10, 20, 10, 20))]}
+def script_finder(monkeypatch, s: DiscoverTrackSession, script: dict[int, list[tuple[int, np.ndarray]]]) -> None:
+    """Make the session's finder show ``script[frame_index]`` (object id, mask) on one row."""
 
     def scripted(frames):
         [(row, (fi, *_))] = frames.items()
@@ -200,8 +197,39 @@ def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
         return {row: FrameResult(fi, f.object_ids, f.masks, f.scores)}
 
     monkeypatch.setattr(s.finder, "step", scripted)
+
+
+def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
+    """The finder is scripted: object 1 at frame 0, then object 2 lying on what the tracker follows."""
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
+                             discovery=DiscoveryConfig(min_area_fraction=0.0))
+    script_finder(monkeypatch, s, {0: [(1, box(ORIG, 5, 25, 5, 25))],
+                                   1: [(1, box(ORIG, 5, 25, 5, 25)), (2, box(ORIG, 10, 20, 10, 20))]})
     s.add(0, "v", ORIG)
     first, second = _run(s, video(2, seed=12))
     assert first.object_ids.tolist() == [1] and second.object_ids.tolist() == [1]
     assert second.masks[0][10:20, 10:20].all(), "the tracker should cover the second found object"
     assert s.tracker.state.started[0].tolist() == [True, False, False]  # object 2 was never handed over
+
+
+def test_frames_of_a_video_may_change_size(monkeypatch):
+    """The followed masks of the previous frame are compared with found masks at this frame's size."""
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
+                             discovery=DiscoveryConfig(min_area_fraction=0.0))
+    other = (40, 100)
+    script_finder(monkeypatch, s, {0: [(1, box(ORIG, 5, 25, 5, 25))], 1: [(2, box(other, 10, 20, 10, 20))],
+                                   2: [(3, box(ORIG, 30, 40, 50, 60))]})
+    s.add(0, "v")
+    for fi, ((_, rgb), size) in enumerate(zip(video(3, seed=13), [ORIG, other, ORIG], strict=True)):
+        r = s.step({0: (fi, preprocess(rgb, TRACK_SIZE), size)})[0]
+        check_result(r, size, {1})
+    assert s.tracker.state.started[0].tolist() == [True, False, False]  # found objects 2 and 3 lie on object 1
+
+
+def test_resize_nearest_keeps_a_box_in_place():
+    from rvos_batch.discover import _resize_nearest
+
+    m = box((10, 20), 2, 6, 4, 10)
+    assert np.array_equal(_resize_nearest(m, (20, 40)), box((20, 40), 4, 12, 8, 20))
+    assert np.array_equal(_resize_nearest(_resize_nearest(m, (20, 40)), (10, 20)), m)
+    assert _resize_nearest(m, (3, 7)).shape == (3, 7)
