@@ -73,7 +73,7 @@ def new_objects(found: FrameResult, tracked: np.ndarray | None, handed_over: Col
 
 @dataclass
 class _Video:
-    handed_over: dict[int, int] = field(default_factory=dict)  # finder object id -> tracker object id
+    handed_over: set[int] = field(default_factory=set)  # finder object ids; the k-th one is tracker object k
     tracked: np.ndarray | None = None  # union of the tracker's masks on the last frame, (H0, W0)
 
 
@@ -92,10 +92,7 @@ class FinishedStep:
         out: dict[int, FrameRLE] = {}
         for row, r in self._results.items():
             h0, w0 = r.masks.shape[1:]
-            if len(r.masks):
-                rles, areas, boxes = rle.encode_batch_with_stats(r.masks)
-            else:
-                rles, areas, boxes = [], np.zeros(0, np.int64), np.zeros((0, 4), np.float64)
+            rles, areas, boxes = rle.encode_batch_with_stats(r.masks)  # (0, H0, W0) gives empty lists
             out[row] = FrameRLE(r.frame_index, (h0, w0), r.object_ids, [x["counts"] for x in rles],
                                 np.asarray(areas, np.int64), np.asarray(boxes, np.float64).reshape(-1, 4), r.scores)
         return out
@@ -110,8 +107,6 @@ class DiscoverTrackSession:
     and the hand-overs as they were, so a caller may retry the rows one by one (as with BatchSession, a failure
     while making the masks, after both steps, does not).
     """
-
-    one_shot = False  # no masks are given
 
     def __init__(self, finder: RVOS, tracker: RVOS, config: PredictConfig, capacity: int | None = None,
                  discovery: DiscoveryConfig = DiscoveryConfig()) -> None:
@@ -164,7 +159,7 @@ class DiscoverTrackSession:
         found = self.finder.step(small)  # type: ignore[arg-type]
         try:
             prompts: dict[int, dict[int, np.ndarray]] = {}
-            handed: dict[int, dict[int, int]] = {}
+            handed: dict[int, list[int]] = {}
             for row, f in found.items():
                 video = self._videos[row]
                 assert video is not None
@@ -176,7 +171,7 @@ class DiscoverTrackSession:
                 for k, (obj, mask) in enumerate(new):
                     tracker_id = len(video.handed_over) + k + 1
                     prompts.setdefault(row, {})[tracker_id] = mask
-                    handed.setdefault(row, {})[obj] = tracker_id
+                    handed.setdefault(row, []).append(obj)
             pending = self.tracker.step_async(frames, prompts)
         except BaseException:
             self.finder.restore(before)
@@ -185,7 +180,7 @@ class DiscoverTrackSession:
         for row, r in results.items():
             video = self._videos[row]
             assert video is not None
-            video.handed_over.update(handed.get(row, {}))
+            video.handed_over.update(handed.get(row, []))
             video.tracked = np.any(r.masks, axis=0) if len(r.masks) else None
         return FinishedStep(results)
 
