@@ -3,6 +3,7 @@ variant, step == clip forward == chunks, batched rows == separate videos, fixed-
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -339,6 +340,30 @@ def test_one_shot_slots_start_with_their_given_mask():
     for h in state.hidden:  # not-yet-started slots hold zero state
         assert h[:, 0].abs().sum() > 0 and h[:, 1:].abs().sum() == 0
     assert state.prev_masks[:, 1:].abs().sum() == 0
+
+
+def test_a_given_mask_is_cleared_from_the_other_slots():
+    """A mask given at a frame is ground truth there: the other slots' fed-back masks lose its pixels, both as the
+    previous mask into that frame and as the mask fed on to the next one."""
+    model = tiny("one-shot", "ST")
+    frames = torch.rand(3, 1, 3, *SIZE)
+    first = torch.zeros(1, 3, *SIZE)
+    first[:, 0, 10:40, 20:60] = 1.0
+    first[:, 1, 30:60, 50:90] = 1.0
+    entering = torch.zeros(1, 3, *SIZE)
+    entering[:, 2, 20:50, 40:70] = 1.0  # overlaps both tracked objects
+    valid = torch.tensor([[False, False, True]])
+    with torch.no_grad():
+        _, state = model.step(frames[0], model.init_state(1), first, torch.tensor([[True, True, False]]))
+        _, state = model.step(frames[1], state)
+        assert (state.prev_masks[:, :2] * entering[:, 2:]).sum() > 0  # the tracked masks reach into the new one
+        logits, after = model.step(frames[2], state, entering, valid)
+        carved = dataclasses.replace(state, prev_masks=state.prev_masks * (1 - entering[:, 2:]))
+        expected, _ = model.step(frames[2], carved, num_active_slots=2)
+    torch.testing.assert_close(logits[:, :2], expected)  # slots 0 and 1 saw their masks without the new object
+    torch.testing.assert_close(after.prev_masks[:, :2], logits[:, :2].sigmoid() * (1 - entering[:, 2:]))
+    torch.testing.assert_close(after.prev_masks[:, 2], entering[:, 2])
+    assert after.started.tolist() == [[True, True, True]]
 
 
 def test_bad_inputs_are_refused_with_names():

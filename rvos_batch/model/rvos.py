@@ -210,7 +210,10 @@ class RVOS(nn.Module):
         given_masks: one-shot only, (B, S, H, W) float in [0, 1]: for slots where ``given_valid`` (B, S) bool
             (default all), the given mask replaces the fed-back previous mask for this frame, starts the slot if
             it had not started, and is fed back again as the previous mask of the next frame (so frame 0's given
-            masks are the previous mask for frames 0 and 1).
+            masks are the previous mask for frames 0 and 1). A given mask is ground truth at its frame, so its
+            pixels are also cleared from every other slot's fed-back masks, into and out of this frame (an object
+            entering in front of a tracked one; a re-anchored object). Not in the paper, whose masks all come
+            with the first frame.
         num_active_slots: decode only slots [0, n) (default all S); later slots keep their state untouched.
         Returns logits (B, n, H, W) and the new state. The fed-back soft mask is detached (ST+ second stage).
         """
@@ -247,10 +250,13 @@ class RVOS(nn.Module):
                 ref_embed = torch.where(starting, query[:, None].to(ref_embed.dtype), ref_embed)
                 ref_cells = torch.where(starting, cells, ref_cells)
             match = self.matcher.match(query, ref_embed[:, :n].to(query.dtype), ref_cells[:, :n])  # (B, n, 2, ., .)
+        claimed = None  # (B, 1, H, W): the pixels a mask given at this frame assigns to its object
         if given_masks is not None and valid is not None:
             assert prev is not None
             started = started | valid
-            prev = torch.where(valid[:, :, None, None], given_masks.to(prev.dtype), prev)
+            given = given_masks.to(prev.dtype)
+            claimed = (given * valid[:, :, None, None]).amax(1, keepdim=True)
+            prev = torch.where(valid[:, :, None, None], given, prev * (1 - claimed))
 
         spatial: list[tuple[Tensor, Tensor]] | None = None
         if cfg.spatial:  # slot 0 of each frame starts from zeros
@@ -284,7 +290,8 @@ class RVOS(nn.Module):
             assert state.prev_masks is not None
             fed = torch.sigmoid(logits.detach()).to(prev.dtype)  # (B, n, H, W)
             if valid is not None:
-                fed = torch.where(valid[:, :n, None, None], prev[:, :n], fed)
+                assert claimed is not None
+                fed = torch.where(valid[:, :n, None, None], prev[:, :n], fed * (1 - claimed))
             fed = fed * keep[:, :, None, None]
             prev_masks = torch.cat([fed, state.prev_masks[:, n:]], dim=1)  # (B, S, H, W)
         new_state = RVOSState(
