@@ -343,8 +343,8 @@ def test_one_shot_slots_start_with_their_given_mask():
 
 
 def test_a_given_mask_is_cleared_from_the_other_slots():
-    """A mask given at a frame is ground truth there: the other slots' fed-back masks lose its pixels, both as the
-    previous mask into that frame and as the mask fed on to the next one."""
+    """A mask given at a frame is ground truth there: the other slots lose its pixels from their previous masks
+    going into that frame, from the masks fed on to the next one, and (the cells it touches) from their memory."""
     model = tiny("one-shot", "ST")
     frames = torch.rand(3, 1, 3, *SIZE)
     first = torch.zeros(1, 3, *SIZE)
@@ -358,7 +358,13 @@ def test_a_given_mask_is_cleared_from_the_other_slots():
         _, state = model.step(frames[1], state)
         assert (state.prev_masks[:, :2] * entering[:, 2:]).sum() > 0  # the tracked masks reach into the new one
         logits, after = model.step(frames[2], state, entering, valid)
-        carved = dataclasses.replace(state, prev_masks=state.prev_masks * (1 - entering[:, 2:]))
+        touched = [torch.nn.functional.adaptive_max_pool2d(entering[:, 2:], h.shape[-2:]) for h in state.hidden]
+        carved = dataclasses.replace(
+            state,
+            prev_masks=state.prev_masks * (1 - entering[:, 2:]),
+            hidden=tuple(h * (1 - c[:, :, None]) for h, c in zip(state.hidden, touched, strict=True)),
+        )
+        assert all(0 < c.mean() < 1 for c in touched)
         expected, _ = model.step(frames[2], carved, num_active_slots=2)
     torch.testing.assert_close(logits[:, :2], expected)  # slots 0 and 1 saw their masks without the new object
     torch.testing.assert_close(after.prev_masks[:, :2], logits[:, :2].sigmoid() * (1 - entering[:, 2:]))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rvos_batch.model.config import RVOSConfig
@@ -210,10 +211,11 @@ class RVOS(nn.Module):
         given_masks: one-shot only, (B, S, H, W) float in [0, 1]: for slots where ``given_valid`` (B, S) bool
             (default all), the given mask replaces the fed-back previous mask for this frame, starts the slot if
             it had not started, and is fed back again as the previous mask of the next frame (so frame 0's given
-            masks are the previous mask for frames 0 and 1). A given mask is ground truth at its frame, so its
-            pixels are also cleared from every other slot's fed-back masks, into and out of this frame (an object
-            entering in front of a tracked one; a re-anchored object). Not in the paper, whose masks all come
-            with the first frame.
+            masks are the previous mask for frames 0 and 1). A given mask is ground truth at its frame, so no
+            other slot keeps its pixels there: they are cleared from the other slots' previous masks going into
+            this frame and from their masks fed on to the next one, and the cells they touch from the other
+            slots' temporal memory (an object entering in front of a tracked one; a re-anchored object). Not in
+            the paper, whose masks all come with the first frame.
         num_active_slots: decode only slots [0, n) (default all S); later slots keep their state untouched.
         Returns logits (B, n, H, W) and the new state. The fed-back soft mask is detached (ST+ second stage).
         """
@@ -251,12 +253,15 @@ class RVOS(nn.Module):
                 ref_cells = torch.where(starting, cells, ref_cells)
             match = self.matcher.match(query, ref_embed[:, :n].to(query.dtype), ref_cells[:, :n])  # (B, n, 2, ., .)
         claimed = None  # (B, 1, H, W): the pixels a mask given at this frame assigns to its object
+        cleared: list[Tensor] | None = None  # per layer (B, 1, h_k, w_k): the cells those pixels touch
         if given_masks is not None and valid is not None:
             assert prev is not None
             started = started | valid
             given = given_masks.to(prev.dtype)
             claimed = (given * valid[:, :, None, None]).amax(1, keepdim=True)
             prev = torch.where(valid[:, :, None, None], given, prev * (1 - claimed))
+            if cfg.temporal:
+                cleared = [F.adaptive_max_pool2d(claimed, size) for size in sizes]
 
         spatial: list[tuple[Tensor, Tensor]] | None = None
         if cfg.spatial:  # slot 0 of each frame starts from zeros
@@ -268,6 +273,10 @@ class RVOS(nn.Module):
         slot_hidden: list[list[Tensor]] = [[] for _ in self.decoder.hidden_sizes]
         for s in range(n):
             temporal = [h[:, s] for h in state.hidden] if cfg.temporal else None  # [(B, C_k, h_k, w_k)]
+            if temporal is not None and cleared is not None:  # another object's given cells: no memory there
+                assert valid is not None
+                other = (~valid[:, s]).to(cleared[0].dtype)[:, None, None, None]  # (B, 1, 1, 1)
+                temporal = [h * (1 - other * c) for h, c in zip(temporal, cleared, strict=True)]
             mask_in = prev[:, s : s + 1] if prev is not None else None  # (B, 1, H, W)
             match_in = match[:, s] if match is not None else None  # (B, 2, h_8, w_8)
             logit, hs, cs = self.decoder(skips, (h_img, w_img), mask_in, spatial, temporal, fine, match_in)
