@@ -7,20 +7,20 @@ tracker does not yet follow is handed to the tracker as a prompt at that frame (
 tracker's masks are the output. No mask is given by anyone, so this is still zero-shot labeling. It is not in the
 paper; `rvos-batch label --mode zero-shot --tracker default` runs it, and the model card has its figures.
 
-The hand-over rule, per video:
-- each finder object (finder slot) is handed over at most once: the finder keeps an object in its slot, so a slot
-  seen again shows the same object, usually one the tracker already follows or has lost for good;
-- a finder mask is handed over when it covers at least ``min_area_fraction`` of the frame and at most
-  ``max_overlap`` of it lies on the tracker's masks of the previous frame;
-- at most as many objects as the tracker has slots.
+The hand-over rule, per video and frame: a finder mask is handed over when it is not empty (at least
+``min_area_fraction`` of the frame) and at most ``max_overlap`` of it lies on the tracker's masks of the previous
+frame, while the tracker has slots left (``tracker_slots``, more than the shipped one-shot model was trained with:
+its weights do not depend on the slot count). A finder slot may hand over again whenever its mask lies off what
+the tracker follows, for instance after the tracker lost the object, or when the finder's slot moved to another
+object.
 
 The tracker's object ids count 1, 2, ... in the order objects are found; they are stable through the video.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,39 +29,44 @@ from torch import Tensor
 
 from rvos_batch import rle
 from rvos_batch.model.config import ConfigError
-from rvos_batch.model.rvos import RVOS
+from rvos_batch.model.rvos import RVOS, with_slots
 from rvos_batch.predictor import BatchSession, FrameInput, FrameResult, FrameRLE, PredictConfig
 
 
 @dataclass(frozen=True)
 class DiscoveryConfig:
-    """When a finder mask becomes a tracked object. min_area_fraction: of the frame's pixels (0.0005 is 51 pixels
-    of a 240x427 frame). max_overlap: the largest fraction of the mask that may lie on already tracked objects.
-    The defaults were chosen on the two validation sets of the model card."""
+    """When a finder mask becomes a tracked object, and how many the tracker may follow.
 
-    min_area_fraction: float = 0.0005
-    max_overlap: float = 0.5
+    min_area_fraction: of the frame's pixels (0.0: any non-empty mask; 0.0005 is 51 pixels of a 240x427 frame).
+    max_overlap: the largest fraction of the mask that may lie on already tracked objects. tracker_slots: objects
+    the tracker follows per video (the DAVIS unsupervised protocol scores up to 20 per video). The defaults were
+    chosen on the two validation sets of the model card.
+    """
+
+    min_area_fraction: float = 0.0
+    max_overlap: float = 0.1
+    tracker_slots: int = 10
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_fraction < 1.0:
             raise ConfigError(f"DiscoveryConfig.min_area_fraction={self.min_area_fraction!r}: allowed is [0, 1)")
         if not 0.0 <= self.max_overlap <= 1.0:
             raise ConfigError(f"DiscoveryConfig.max_overlap={self.max_overlap!r}: allowed is [0, 1]")
+        if not isinstance(self.tracker_slots, int) or isinstance(self.tracker_slots, bool) or self.tracker_slots < 1:
+            raise ConfigError(f"DiscoveryConfig.tracker_slots={self.tracker_slots!r}: allowed is an integer >= 1")
 
 
-def new_objects(found: FrameResult, tracked: np.ndarray | None, handed_over: Collection[int], free_slots: int,
+def new_objects(found: FrameResult, tracked: np.ndarray | None, free_slots: int,
                 config: DiscoveryConfig = DiscoveryConfig()) -> list[tuple[int, np.ndarray]]:
     """The finder's objects of this frame to hand to the tracker: (finder object id, mask), in finder id order.
 
     tracked: bool (H0, W0), the union of the tracker's masks on the previous frame (None: nothing tracked yet).
-    handed_over: finder object ids handed over before in this video. free_slots: the tracker's slots left.
+    free_slots: the tracker's slots left.
     """
     out: list[tuple[int, np.ndarray]] = []
     for obj, mask in zip(found.object_ids, found.masks, strict=True):
         if len(out) >= free_slots:
             break
-        if int(obj) in handed_over:
-            continue
         area = int(np.count_nonzero(mask))
         if area == 0 or area < config.min_area_fraction * mask.size:
             continue
@@ -73,7 +78,7 @@ def new_objects(found: FrameResult, tracked: np.ndarray | None, handed_over: Col
 
 @dataclass
 class _Video:
-    handed_over: set[int] = field(default_factory=set)  # finder object ids; the k-th one is tracker object k
+    followed: int = 0  # objects handed over so far; the k-th is tracker object k
     tracked: np.ndarray | None = None  # union of the tracker's masks on the last frame, (H0, W0)
 
 
@@ -115,7 +120,7 @@ class DiscoverTrackSession:
         if tracker.config.mode != "one-shot":
             raise ConfigError(f"the tracker must be a one-shot model; this one is {tracker.config.mode}")
         self.finder = BatchSession(finder, config, capacity)
-        self.tracker = BatchSession(tracker, config, capacity)
+        self.tracker = BatchSession(with_slots(tracker, discovery.tracker_slots), config, capacity)
         self.config = config
         self.discovery = discovery
         self.capacity = self.tracker.capacity
@@ -159,19 +164,16 @@ class DiscoverTrackSession:
         found = self.finder.step(small)  # type: ignore[arg-type]
         try:
             prompts: dict[int, dict[int, np.ndarray]] = {}
-            handed: dict[int, list[int]] = {}
             for row, f in found.items():
                 video = self._videos[row]
                 assert video is not None
-                free = self.tracker.state.num_slots - len(video.handed_over)
+                free = self.tracker.state.num_slots - video.followed
                 tracked = video.tracked
                 if tracked is not None and tracked.shape != f.masks.shape[1:]:  # a video's frames may change size
                     tracked = _resize_nearest(tracked, f.masks.shape[1:])
-                new = new_objects(f, tracked, video.handed_over, free, self.discovery)
-                for k, (obj, mask) in enumerate(new):
-                    tracker_id = len(video.handed_over) + k + 1
-                    prompts.setdefault(row, {})[tracker_id] = mask
-                    handed.setdefault(row, []).append(obj)
+                new = new_objects(f, tracked, free, self.discovery)
+                for k, (_, mask) in enumerate(new):
+                    prompts.setdefault(row, {})[video.followed + k + 1] = mask  # tracker ids count on
             pending = self.tracker.step_async(frames, prompts)
         except BaseException:
             self.finder.restore(before)
@@ -180,7 +182,7 @@ class DiscoverTrackSession:
         for row, r in results.items():
             video = self._videos[row]
             assert video is not None
-            video.handed_over.update(handed.get(row, []))
+            video.followed += len(prompts.get(row, {}))
             video.tracked = np.any(r.masks, axis=0) if len(r.masks) else None
         return FinishedStep(results)
 

@@ -10,6 +10,7 @@ from test_predictor import ORIG, assert_results_match, box, check_result, tiny, 
 
 from rvos_batch.discover import DiscoverTrackSession, DiscoveryConfig, FinishedStep, new_objects
 from rvos_batch.model import RVOS, ConfigError, RVOSConfig
+from rvos_batch.model.rvos import with_slots
 from rvos_batch.predictor import BatchSession, FrameResult, PredictConfig, preprocess
 from rvos_batch.rle import decode
 
@@ -34,21 +35,25 @@ def found(*masks: tuple[int, np.ndarray]) -> FrameResult:
 # ---- the hand-over rule --------------------------------------------------------------------------------------
 
 
-def test_new_objects_hands_over_unseen_large_enough_untracked_masks():
+def test_new_objects_hands_over_large_enough_untracked_masks():
     a, b, c = box(ORIG, 0, 10, 0, 10), box(ORIG, 20, 30, 20, 40), box(ORIG, 40, 41, 0, 1)  # c: one pixel
     f = found((1, a), (2, b), (3, c))
     cfg = DiscoveryConfig(min_area_fraction=2 / (ORIG[0] * ORIG[1]), max_overlap=0.5)
-    assert [i for i, _ in new_objects(f, None, set(), 5, cfg)] == [1, 2]  # c is below the area floor
-    assert np.array_equal(new_objects(f, None, set(), 5, cfg)[1][1], b)  # the finder's own mask is handed over
-    assert [i for i, _ in new_objects(f, None, {1}, 5, cfg)] == [2]  # a finder object is handed over once
-    assert [i for i, _ in new_objects(f, None, set(), 1, cfg)] == [1]  # no more than the free slots
-    assert new_objects(f, None, set(), 0, cfg) == []
+    assert [i for i, _ in new_objects(f, None, 5, cfg)] == [1, 2]  # c is below the area floor
+    assert [i for i, _ in new_objects(f, None, 5, DiscoveryConfig(min_area_fraction=0.0))] == [1, 2, 3]
+    assert np.array_equal(new_objects(f, None, 5, cfg)[1][1], b)  # the finder's own mask is handed over
+    assert [i for i, _ in new_objects(f, None, 1, cfg)] == [1]  # no more than the free slots
+    assert new_objects(f, None, 0, cfg) == []
     half = box(ORIG, 0, 5, 0, 10)  # covers exactly half of a: not more than max_overlap, so a is still new
-    assert [i for i, _ in new_objects(f, half, set(), 5, cfg)] == [1, 2]
+    assert [i for i, _ in new_objects(f, half, 5, cfg)] == [1, 2]
     more = box(ORIG, 0, 6, 0, 10)
-    assert [i for i, _ in new_objects(f, more, set(), 5, cfg)] == [2]
-    assert [i for i, _ in new_objects(f, more, set(), 5, DiscoveryConfig(0.0, 1.0))] == [1, 2, 3]
-    assert new_objects(found(), None, set(), 5, cfg) == []
+    assert [i for i, _ in new_objects(f, more, 5, cfg)] == [2]
+    assert [i for i, _ in new_objects(f, more, 5, DiscoveryConfig(0.0, 1.0))] == [1, 2, 3]
+    assert [i for i, _ in new_objects(f, box(ORIG, 0, 1, 0, 10), 5, DiscoveryConfig(0.0, 0.1))] == [1, 2, 3]
+    assert [i for i, _ in new_objects(f, box(ORIG, 0, 2, 0, 10), 5, DiscoveryConfig(0.0, 0.1))] == [2, 3]
+    empty = found((1, np.zeros(ORIG, bool)), (2, b))
+    assert [i for i, _ in new_objects(empty, None, 5, DiscoveryConfig(min_area_fraction=0.0))] == [2]
+    assert new_objects(found(), None, 5, cfg) == []
 
 
 def test_discovery_config_is_validated():
@@ -56,6 +61,8 @@ def test_discovery_config_is_validated():
         DiscoveryConfig(min_area_fraction=1.0)
     with pytest.raises(ConfigError, match="max_overlap"):
         DiscoveryConfig(max_overlap=-0.1)
+    with pytest.raises(ConfigError, match="tracker_slots"):
+        DiscoveryConfig(tracker_slots=0)
 
 
 # ---- the session --------------------------------------------------------------------------------------------
@@ -66,10 +73,11 @@ def _run(session: DiscoverTrackSession, frames, row: int = 0) -> list[FrameResul
 
 
 def test_discover_track_equals_the_finder_then_the_prompted_tracker():
-    """The session's output is the tracker's, given at each frame the finder's new objects (by new_objects)."""
+    """The session's output is the tracker's (with more slots than it has), given at each frame the finder's new
+    objects (by new_objects)."""
     finder, follow = tiny("zero-shot"), tracker()
     cfg = PredictConfig(threshold=0.3)
-    discovery = DiscoveryConfig(min_area_fraction=0.01)
+    discovery = DiscoveryConfig(min_area_fraction=0.01, max_overlap=0.5, tracker_slots=5)
     frames = video(5, seed=6)
     session = DiscoverTrackSession(finder, follow, cfg, capacity=1, discovery=discovery)
     session.add(0, "v", ORIG)
@@ -77,26 +85,26 @@ def test_discover_track_equals_the_finder_then_the_prompted_tracker():
 
     alone = BatchSession(finder, cfg, capacity=1)
     alone.add(0, "v", ORIG)
-    plain = BatchSession(follow, cfg, capacity=1)
+    plain = BatchSession(with_slots(follow, 5), cfg, capacity=1)
     plain.add(0, "v", ORIG)
-    handed: dict[int, int] = {}
+    followed = 0
     tracked = None
     want = []
     for fi, rgb in frames:
         x = preprocess(rgb, TRACK_SIZE)
         f = alone.step({0: (fi, session._finder_frame(x))})[0]
-        new = new_objects(f, tracked, handed, 3 - len(handed), discovery)
         prompts = {}
-        for obj, mask in new:
-            handed[obj] = len(handed) + 1
-            prompts[handed[obj]] = mask
+        for _, mask in new_objects(f, tracked, 5 - followed, discovery):
+            followed += 1
+            prompts[followed] = mask
         r = plain.step({0: (fi, x)}, {0: prompts} if prompts else None)[0]
         tracked = r.masks.any(axis=0) if len(r.masks) else None
         want.append(r)
     assert_results_match(got, want)
-    assert handed, "the test finder should find something"
+    assert followed, "the test finder should find something"
+    assert session.tracker.state.num_slots == 5 and follow.config.num_slots == 3
     for r in got:
-        check_result(r, ORIG, set(range(1, len(handed) + 1)))
+        check_result(r, ORIG, set(range(1, followed + 1)))
 
 
 def test_discover_track_batched_rows_equal_one_video_at_a_time():
@@ -154,6 +162,7 @@ def test_a_failed_tracker_step_leaves_both_models_as_they_were(monkeypatch):
     s = DiscoverTrackSession(finder, follow, cfg, capacity=1)
     s.add(0, "v", ORIG)
     got = _run(s, frames[:2])
+    follow = s.tracker.model  # the tracker with the session's slot count: the same weights
     real_step = follow.step
     calls = {"n": 0}
 
@@ -188,6 +197,25 @@ def test_discover_track_session_refuses_wrong_models_and_prompts():
     assert s.free_rows() == [0] and s.video_id(0) is None
 
 
+def script_tracker(monkeypatch, s: DiscoverTrackSession) -> list[dict[int, np.ndarray]]:
+    """Make the session's tracker follow each prompted object with its prompt mask, unmoved; returns the prompts
+    it receives, one dict (tracker id -> mask) per frame."""
+    seen: list[dict[int, np.ndarray]] = []
+    held: dict[int, np.ndarray] = {}
+
+    def scripted(frames, prompts=None):
+        [(row, (fi, *_))] = frames.items()
+        given = dict((prompts or {}).get(row, {}))
+        seen.append(given)
+        held.update(given)
+        ids = sorted(held)
+        masks = np.stack([held[i] for i in ids]) if ids else np.zeros((0, *ORIG), bool)
+        return FinishedStep({row: FrameResult(fi, np.array(ids, np.int32), masks, np.ones(len(ids), np.float32))})
+
+    monkeypatch.setattr(s.tracker, "step_async", scripted)
+    return seen
+
+
 def script_finder(monkeypatch, s: DiscoverTrackSession, script: dict[int, list[tuple[int, np.ndarray]]]) -> None:
     """Make the session's finder show ``script[frame_index]`` (object id, mask) on one row."""
 
@@ -202,7 +230,7 @@ def script_finder(monkeypatch, s: DiscoverTrackSession, script: dict[int, list[t
 def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
     """The finder is scripted: object 1 at frame 0, then object 2 lying on what the tracker follows."""
     s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
-                             discovery=DiscoveryConfig(min_area_fraction=0.0))
+                             discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.5, tracker_slots=3))
     script_finder(monkeypatch, s, {0: [(1, box(ORIG, 5, 25, 5, 25))],
                                    1: [(1, box(ORIG, 5, 25, 5, 25)), (2, box(ORIG, 10, 20, 10, 20))]})
     s.add(0, "v", ORIG)
@@ -212,10 +240,26 @@ def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
     assert s.tracker.state.started[0].tolist() == [True, False, False]  # object 2 was never handed over
 
 
+def test_a_finder_slot_hands_over_again_once_its_mask_lies_off_the_followed_objects(monkeypatch):
+    """Finder object 1 is handed over at frame 0; at frame 1 the same finder slot shows a mask away from it, which
+    becomes tracker object 2; at frame 2 it is back on object 1 and nothing new is handed over."""
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
+                             discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.1, tracker_slots=4))
+    here, there, third = box(ORIG, 5, 25, 5, 25), box(ORIG, 30, 45, 40, 70), box(ORIG, 40, 48, 0, 8)
+    script_finder(monkeypatch, s, {0: [(1, here)], 1: [(1, there)], 2: [(1, here), (2, third)]})
+    prompts = script_tracker(monkeypatch, s)
+    s.add(0, "v", ORIG)
+    results = _run(s, video(3, seed=14))
+    assert [sorted(p) for p in prompts] == [[1], [2], [3]]  # tracker ids count on: 1, 2, then 3
+    assert np.array_equal(prompts[1][2], there) and np.array_equal(prompts[2][3], third)
+    assert results[2].object_ids.tolist() == [1, 2, 3]
+    assert s.tracker.state.num_slots == 4  # the tracker was built with 3 slots
+
+
 def test_frames_of_a_video_may_change_size(monkeypatch):
     """The followed masks of the previous frame are compared with found masks at this frame's size."""
     s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
-                             discovery=DiscoveryConfig(min_area_fraction=0.0))
+                             discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.5, tracker_slots=3))
     other = (40, 100)
     script_finder(monkeypatch, s, {0: [(1, box(ORIG, 5, 25, 5, 25))], 1: [(2, box(other, 10, 20, 10, 20))],
                                    2: [(3, box(ORIG, 30, 40, 50, 60))]})

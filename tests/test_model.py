@@ -11,6 +11,7 @@ import torch
 
 from rvos_batch.model import RVOS, ConfigError, Encoder, RVOSConfig, RVOSState
 from rvos_batch.model.config import BACKBONES
+from rvos_batch.model.rvos import with_slots
 
 SIZE = (64, 96)
 VARIANTS = list(itertools.product(["zero-shot", "one-shot"], ["S", "T", "ST"]))
@@ -370,6 +371,22 @@ def test_a_given_mask_is_cleared_from_the_other_slots():
     torch.testing.assert_close(after.prev_masks[:, :2], logits[:, :2].sigmoid() * (1 - entering[:, 2:]))
     torch.testing.assert_close(after.prev_masks[:, 2], entering[:, 2])
     assert after.started.tolist() == [[True, True, True]]
+
+
+def test_with_slots_runs_the_same_weights_with_more_slots():
+    model = tiny("one-shot", "ST", slots=3)
+    wide = with_slots(model, 5)
+    assert model.config.num_slots == 3 and wide.config.num_slots == 5 and with_slots(model, 3) is model
+    assert all(a is b for a, b in zip(model.parameters(), wide.parameters(), strict=True))
+    frames = torch.rand(1, 3, *SIZE)
+    masks = (torch.rand(1, 5, *SIZE) > 0.7).float()
+    with torch.no_grad():
+        few, _ = model.step(frames, model.init_state(1), masks[:, :3])
+        many, state = wide.step(frames, wide.init_state(1), masks)
+    assert state.num_slots == 5 and many.shape[1] == 5
+    torch.testing.assert_close(many[:, :3], few)  # slot s depends only on slots < s
+    with pytest.raises(ValueError, match="num_slots=6"):
+        model.init_state(1, num_slots=6)  # the model itself keeps its own count
 
 
 def test_bad_inputs_are_refused_with_names():

@@ -101,14 +101,14 @@ class LabelConfig:
 
 def output_fingerprint(
     config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int],
-    tracker_sha256: str | None = None,
+    tracker_sha256: str | None = None, discovery: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What must match between runs writing into one OUT: output-affecting config, model, corpus.
 
     ``model_input_size`` is the size the model was saved with. A run at another ``--input-size`` labels differently,
     so that size joins the fingerprint; a run at the model's own size (given or not) keeps the plain fingerprint,
-    the one runs made before ``--input-size`` existed. Likewise the tracker's digest joins it only for a run with a
-    ``--tracker``.
+    the one runs made before ``--input-size`` existed. Likewise the tracker's digest, and the hand-over rule's
+    settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
@@ -118,6 +118,7 @@ def output_fingerprint(
         fp["input_size"] = list(config.input_size)
     if tracker_sha256 is not None:
         fp["tracker_sha256"] = tracker_sha256
+        fp["discovery"] = discovery
     return fp
 
 

@@ -24,6 +24,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from rvos_batch import __version__
 from rvos_batch.corpus import CorpusReader
+from rvos_batch.discover import DiscoveryConfig
 from rvos_batch.errors import MaskStoreError, RvosBatchError
 from rvos_batch.job.config import LabelConfig, output_fingerprint
 from rvos_batch.job.plan import ShardSpec, corpus_fingerprint, plan_shards, plan_summary
@@ -221,7 +222,7 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
     _, model_config, _ = load_checkpoint(model_path)  # fail here, not in every actor, on a bad or wrong model
     if model_config.mode != config.mode:
         raise RvosBatchError(f"model {config.model!r} is a {model_config.mode} model; this run is --mode {config.mode}")
-    tracker_sha, tracker_info = None, None
+    tracker_sha, tracker_info, discovery = None, None, None
     if config.tracker is not None:
         tracker_path = resolve_model(config.tracker, "one-shot")
         tracker_sha = file_sha256(tracker_path)
@@ -230,10 +231,11 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
             raise RvosBatchError(
                 f"--tracker {config.tracker!r} is a {tracker_config.mode} model; a tracker is one-shot"
             )
+        discovery = dataclasses.asdict(DiscoveryConfig())  # the rule the actors' sessions use
         tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
-                        "config": tracker_config.to_dict()}
+                        "config": tracker_config.to_dict(), "discovery": discovery}
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
-                                     tracker_sha)
+                                     tracker_sha, discovery)
     if config.input_size is not None:
         model_config = dataclasses.replace(model_config, input_size=config.input_size)  # the size it labels at
     model_info = {"name": config.model, "path": model_path, "sha256": model_sha, "config": model_config.to_dict()}

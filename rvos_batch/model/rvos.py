@@ -12,8 +12,9 @@ size of decoder layer k (coarse to fine, strides 32, 16, 8, 4).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -373,3 +374,19 @@ class RVOS(nn.Module):
             logits, state = self.step(clip[:, i], state, gm, gv, num_active_slots)
             outputs.append(logits)
         return torch.stack(outputs, dim=1), state  # (B, T, n, H, W)
+
+
+def with_slots(model: RVOS, num_slots: int) -> RVOS:
+    """``model`` decoding ``num_slots`` object slots: the same module objects and weights, another config.
+
+    The weights do not depend on the slot count: every slot runs the same decoder, slot s reading slot s - 1's
+    spatial state. So a model trained with S slots runs with more, each further slot seeing one more object before
+    it than training ever showed (the labeling job's tracker uses this). ``model`` itself is unchanged.
+    """
+    if num_slots < 1:
+        raise ValueError(f"num_slots={num_slots}: allowed is >= 1")
+    if num_slots == model.config.num_slots:
+        return model
+    twin = copy.copy(model)  # shares the parameters and submodules; only ``config`` differs
+    twin.config = replace(model.config, num_slots=num_slots)
+    return twin
