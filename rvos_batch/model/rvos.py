@@ -12,7 +12,6 @@ size of decoder layer k (coarse to fine, strides 32, 16, 8, 4).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -387,6 +386,8 @@ def with_slots(model: RVOS, num_slots: int) -> RVOS:
         raise ValueError(f"num_slots={num_slots}: allowed is >= 1")
     if num_slots == model.config.num_slots:
         return model
-    twin = copy.copy(model)  # shares the parameters and submodules; only ``config`` differs
+    twin = RVOS.__new__(RVOS)
+    nn.Module.__init__(twin)
     twin.config = replace(model.config, num_slots=num_slots)
-    return twin
+    twin.encoder, twin.decoder, twin.matcher = model.encoder, model.decoder, model.matcher  # the same modules
+    return twin.train(model.training)
