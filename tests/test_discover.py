@@ -242,7 +242,8 @@ def test_a_found_object_on_a_tracked_one_is_not_handed_over(monkeypatch):
 
 def test_a_finder_slot_hands_over_again_once_its_mask_lies_off_the_followed_objects(monkeypatch):
     """Finder object 1 is handed over at frame 0; at frame 1 the same finder slot shows a mask away from it, which
-    becomes tracker object 2; at frame 2 it is back on object 1 and nothing new is handed over."""
+    becomes tracker object 2; at frame 2 it is back on object 1 and is not handed over again, while finder object
+    2 becomes tracker object 3."""
     s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
                              discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.1, tracker_slots=4))
     here, there, third = box(ORIG, 5, 25, 5, 25), box(ORIG, 30, 45, 40, 70), box(ORIG, 40, 48, 0, 8)
