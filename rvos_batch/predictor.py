@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_batch import rle, rle_torch
+from rvos_batch.appearance import AppearanceConfig, AppearanceState
+from rvos_batch.appearance import check as appearance_check
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState
 
@@ -56,7 +58,8 @@ class PredictConfig:
     or a debugging backend ("eager", "aot_eager"), applied to the encoder and the per-slot decoder, whose shapes are
     fixed. fixed_batch: always step all ``capacity`` rows (idle rows get a blank frame and keep their state), so
     the compiled shapes never change as videos end. None of these change what a frame's masks are meant to be;
-    bfloat16 and compiled kernels round differently from float32.
+    bfloat16 and compiled kernels round differently from float32. appearance: the appearance check
+    (:mod:`rvos_batch.appearance`) for slots that were given a mask, or None to report every mask the model makes.
     """
 
     threshold: float = 0.5
@@ -67,6 +70,7 @@ class PredictConfig:
     channels_last: bool = False
     compile: str | None = None
     fixed_batch: bool = False
+    appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> PredictConfig:
@@ -95,6 +99,10 @@ class PredictConfig:
             raise ConfigError(
                 f"PredictConfig.compile={self.compile!r}: allowed values are None, "
                 f"{list(COMPILE_MODES + COMPILE_BACKENDS)}"
+            )
+        if self.appearance is not None and not isinstance(self.appearance, AppearanceConfig):
+            raise ConfigError(
+                f"PredictConfig.appearance={self.appearance!r}: allowed is None or an AppearanceConfig"
             )
         try:
             torch.device(self.device)
@@ -161,10 +169,11 @@ class _Row:
 
 @dataclass(frozen=True)
 class SessionSnapshot:
-    """What :meth:`BatchSession.restore` puts back: the recurrent state and the rows."""
+    """What :meth:`BatchSession.restore` puts back: the recurrent state, the appearance check's and the rows."""
 
     state: RVOSState
     rows: tuple[_Row | None, ...]
+    appearance: AppearanceState | None = None
 
 
 def _prompt_objects(prompts: Prompts) -> tuple[int, ...]:
@@ -203,6 +212,11 @@ class BatchSession:
             self.post_stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
             self.state: RVOSState = model.init_state(self.capacity, device=self.device, dtype=torch.float32)
+        # The appearance check watches slots that were given a mask: one-shot models only.
+        self.appearance: AppearanceState | None = None
+        if config.appearance is not None and self.one_shot:
+            self.appearance = AppearanceState.empty(self.capacity, self.state.num_slots, config.appearance,
+                                                    self.device)
         self._rows: list[_Row | None] = [None] * self.capacity
 
     # ---- rows --------------------------------------------------------------------------------------------------
@@ -263,6 +277,8 @@ class BatchSession:
             info = _Row(video_id, size, tuple(range(1, n_slots + 1)))
         with torch.inference_mode():
             self.state = self.model.reset_rows(self.state, self._index([row]))
+            if self.appearance is not None:
+                self.appearance = self.appearance.reset_rows(self._index([row]))
         self._rows[row] = info
 
     def snapshot(self) -> SessionSnapshot:
@@ -273,12 +289,13 @@ class BatchSession:
         state = self.state
         if self._graphed:
             state = state.with_tensors([t.clone() for t in state.tensors()])
-        return SessionSnapshot(state, tuple(None if r is None else replace(r) for r in self._rows))
+        return SessionSnapshot(state, tuple(None if r is None else replace(r) for r in self._rows), self.appearance)
 
     def restore(self, snapshot: SessionSnapshot) -> None:
         """Undo the steps (and the prompts they brought) since ``snapshot``. Meant for undoing a step at once: rows
         added or released since then are put back as they were."""
         self.state = snapshot.state
+        self.appearance = snapshot.appearance
         self._rows = [None if r is None else replace(r) for r in snapshot.rows]
 
     def release(self, row: int) -> None:
@@ -373,6 +390,22 @@ class BatchSession:
                 logits, new_sub = self.model.step(batch, sub, given, valid, num_active_slots=n_active)
             probs = torch.sigmoid(logits.float())  # (b, n, h, w)
             started = new_sub.started[:, :n_active]
+            reportable = started
+            new_appearance = None
+            if self.appearance is not None:
+                assert self.config.appearance is not None
+                allowed = torch.zeros(len(step_rows), n_active, dtype=torch.bool)
+                for row, info in zip(rows, infos, strict=True):
+                    allowed[step_rows.index(row), : len(info.object_ids)] = True
+                reportable = started & allowed.to(started.device)
+                sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
+                hidden, new_sub_app = appearance_check(batch, probs, reportable, self.config.threshold, given,
+                                                       valid, sub_app, self.config.appearance)
+                if all_rows or pad:  # padding rows report no slot and are given nothing: their state is unchanged
+                    new_appearance = new_sub_app
+                else:
+                    new_appearance = self.appearance.scatter_rows(self._index(rows), new_sub_app)
+                reportable = reportable & ~hidden
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub
@@ -380,6 +413,8 @@ class BatchSession:
                 self.state = _merge_rows(self.state, new_sub, self._present(rows))
             else:
                 self.state = self.state.scatter_rows(self._index(rows), new_sub)
+            if new_appearance is not None:
+                self.appearance = new_appearance
             event = None
             if self.device.type == "cuda":
                 event = torch.cuda.Event()
@@ -392,7 +427,7 @@ class BatchSession:
             _Item(row, pos, info.video_id, info.object_ids, fi, size)
             for row, pos, info, fi, size in zip(rows, positions, infos, indices, sizes, strict=True)
         ]
-        return PendingStep(self, items, probs, started, event)
+        return PendingStep(self, items, probs, reportable, event)
 
     def _with_prompts(self, info: _Row, frame_index: int, size: tuple[int, int],
                       masks: Mapping[int, np.ndarray]) -> _Row:
@@ -518,7 +553,7 @@ class PendingStep:
         self._session = session
         self._items = items
         self._probs = probs  # (b, n, h, w) float32 on the device
-        self._started = started  # (b, n) bool
+        self._started = started  # (b, n) bool: started slots, less those the appearance check leaves out
         self._event = event
         self.rows = [it.row for it in items]
 

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pytest
 from jobkit import cli, frame_jpeg, make_corpus, tiny_model
 
+from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.cli import build_parser
 from rvos_batch.cli.label import config_from_args
 from rvos_batch.corpus import CorpusReader, CorpusWriter
@@ -159,6 +160,14 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert run["prompts_without_frames"] == ["ghost"]
     masks = assert_exactly_once(cfg.out, ids)
     assert set(masks.column("object_id").to_pylist()) <= {1, 2}
+    # the appearance check is on by default; its settings join the fingerprint, so a run without it is refused
+    assert run["model"]["appearance"] == run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig())
+    with pytest.raises(MaskStoreError, match="appearance"):
+        run_job(dataclasses.replace(cfg, appearance_check=False), progress=False)
+    plain = run_job(dataclasses.replace(cfg, appearance_check=False, out=str(tmp_path / "plain")), progress=False)
+    assert plain.ok and "appearance" not in json.loads(Path(tmp_path, "plain", "run.json").read_text())["fingerprint"]
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--no-appearance-check"])
+    assert config_from_args(args).appearance_check is False
 
 
 def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
@@ -182,6 +191,7 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert run["config"]["tracker"] == follow and run["model"]["tracker"]["sha256"]
     assert run["model"]["tracker"]["discovery"] == run["fingerprint"]["discovery"] == dataclasses.asdict(
         DiscoveryConfig())
+    assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig())  # the tracker is checked
     assert run_job(cfg, progress=False).shards_skipped == 1
     with pytest.raises(MaskStoreError, match="tracker_sha256"):  # the same OUT without the tracker is refused
         run_job(dataclasses.replace(cfg, tracker=None), progress=False)

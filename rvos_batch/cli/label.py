@@ -36,6 +36,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="zero-shot only: a one-shot model ('default': the shipped one) that follows each object the "
                         "zero-shot model finds, from the frame it is found on; its masks are the output. Slower, "
                         "better masks (see the model card)")
+    p.add_argument("--no-appearance-check", action="store_true",
+                   help="report every mask the model makes; by default a followed object's mask is left out of a "
+                        "frame while its colours match the object's surroundings better than the object (it has "
+                        "left or is covered; see the model card)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster ('auto' or ray://host:10001); default: start a local Ray")
     p.add_argument("--num-actors", type=int, default=None, metavar="N",
@@ -71,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     corpus = args.corpus or str(SAMPLE_CORPUS)
     return LabelConfig(
         corpus=corpus, out=args.out, mode=args.mode, prompts=args.prompts, model=args.model,
-        input_size=args.input_size, tracker=args.tracker,
+        input_size=args.input_size, tracker=args.tracker, appearance_check=not args.no_appearance_check,
         videos_per_shard=args.videos_per_shard, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,
         max_shard_attempts=args.max_shard_attempts, address=args.address, overwrite=args.overwrite,

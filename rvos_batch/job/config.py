@@ -47,6 +47,7 @@ class LabelConfig:
     amp: str | None = None  # None: the device's default (bfloat16 on CUDA, float32 on CPU); or float32/bfloat16/float16
     gpu_decode: bool = False  # decode JPEGs with nvJPEG on the actor's GPU instead of PIL on threads
     tracker: str | None = None  # zero-shot only: a one-shot model that follows what the model finds (discover.py)
+    appearance_check: bool = True  # leave a followed mask out while it looks like its surroundings (appearance.py)
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     tracker_sha256: str | None = None  # the same for the tracker
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
@@ -92,6 +93,12 @@ class LabelConfig:
 
         return self.prompts or join(self.corpus, "prompts")
 
+    @property
+    def checks_appearance(self) -> bool:
+        """Whether the appearance check changes this run's output: it is on, and some model follows given masks
+        (one-shot, or a zero-shot run with a tracker)."""
+        return self.appearance_check and (self.mode == "one-shot" or self.tracker is not None)
+
     def public_dict(self) -> dict[str, Any]:
         """The config as recorded in run.json: storage options are never recorded (they may hold keys)."""
         d = dataclasses.asdict(self)
@@ -102,13 +109,16 @@ class LabelConfig:
 def output_fingerprint(
     config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int],
     tracker_sha256: str | None = None, discovery: dict[str, Any] | None = None,
+    appearance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What must match between runs writing into one OUT: output-affecting config, model, corpus.
 
     ``model_input_size`` is the size the model was saved with. A run at another ``--input-size`` labels differently,
     so that size joins the fingerprint; a run at the model's own size (given or not) keeps the plain fingerprint,
     the one runs made before ``--input-size`` existed. Likewise the tracker's digest, and the hand-over rule's
-    settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``.
+    settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``, and the
+    appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run it changes
+    (:attr:`LabelConfig.checks_appearance`), so runs it does not touch keep their fingerprint.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
@@ -119,6 +129,8 @@ def output_fingerprint(
     if tracker_sha256 is not None:
         fp["tracker_sha256"] = tracker_sha256
         fp["discovery"] = discovery
+    if appearance is not None:
+        fp["appearance"] = appearance
     return fp
 
 

@@ -23,6 +23,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from rvos_batch import __version__
+from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.corpus import CorpusReader
 from rvos_batch.discover import DiscoveryConfig
 from rvos_batch.errors import MaskStoreError, RvosBatchError
@@ -234,13 +235,16 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         discovery = dataclasses.asdict(DiscoveryConfig())  # the rule the actors' sessions use
         tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
                         "config": tracker_config.to_dict(), "discovery": discovery}
+    appearance = dataclasses.asdict(AppearanceConfig()) if config.checks_appearance else None  # the actors' check
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
-                                     tracker_sha, discovery)
+                                     tracker_sha, discovery, appearance)
     if config.input_size is not None:
         model_config = dataclasses.replace(model_config, input_size=config.input_size)  # the size it labels at
-    model_info = {"name": config.model, "path": model_path, "sha256": model_sha, "config": model_config.to_dict()}
+    model_info: dict[str, Any] = {"name": config.model, "path": model_path, "sha256": model_sha,
+                                  "config": model_config.to_dict()}
     if tracker_info is not None:
         model_info["tracker"] = tracker_info
+    model_info["appearance"] = appearance  # None: every mask the model makes is written
     prompt_check = check_prompts(config, [e.video_id for e in entries])
     with store.lock():
         record = prepare_output(store, config, fingerprint, shards, model_info)

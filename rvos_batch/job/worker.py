@@ -33,6 +33,7 @@ import pyarrow as pa
 import torch
 
 from rvos_batch import imaging, maskstore, rle
+from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.corpus import CorpusReader, CorpusReadError, FrameRecord, VideoEntry
 from rvos_batch.discover import DiscoverTrackSession, FinishedStep
 from rvos_batch.errors import RLEError, RvosBatchError
@@ -290,7 +291,8 @@ class ShardWorker:
             self.tracker.eval()
             self.frame_size = tracker_config.input_size  # the finder's frames are resized from these
         self.predict_config = speed_settings(
-            PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device)), config
+            PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device),
+                          appearance=AppearanceConfig() if config.appearance_check else None), config
         )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
@@ -550,7 +552,7 @@ def speed_settings(base: PredictConfig, config: LabelConfig | None = None) -> Pr
     if amp:
         overrides["amp_dtype"] = None if amp == "float32" else amp
     return PredictConfig.for_device(base.device, threshold=base.threshold, min_area=base.min_area,
-                                    max_batch_videos=base.max_batch_videos, **overrides)
+                                    max_batch_videos=base.max_batch_videos, appearance=base.appearance, **overrides)
 
 
 def _complete_jpeg(data: bytes) -> bool:

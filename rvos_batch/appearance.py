@@ -1,0 +1,178 @@
+"""The appearance check: a tracked object's mask is left out of a frame when its colours match the object no better
+than the mask's own surroundings.
+
+RVOS-Mask follows an object by feeding its mask back. When the object leaves (it moves out of view, is covered,
+or, in the synthetic sets, ends) the fed-back mask still sits on the place it left, and the decoder goes on
+segmenting that patch of background, confidently (its score hardly drops). The colours tell it apart: they were
+the object's and are now the surroundings'.
+
+Per object the check keeps a colour histogram (``bins`` per channel, RGB), taken from the mask given at the frame
+where the object was prompted and then updated, at rate ``rate``, from each frame in which its mask is kept. At
+every later frame it compares the colours inside the object's mask (at the model's input size, after the overlap
+resolution) with that histogram and with the colours of a ring around the mask (``ring`` x the input height wide,
+off every object). The mask is left out of the frame when, in Bhattacharyya coefficient,
+
+    BC(mask, object) < BC(mask, ring) - margin
+
+The check changes the output only: the model's recurrent state and the mask it feeds back are the model's own, so
+an object that comes back is reported again once its colours match. It applies to slots that were given a mask
+(one-shot prompts, and the tracker's hand-overs in ``--tracker`` runs), never to zero-shot slots, which have no
+given appearance. Not in the RVOS paper. The settings were chosen on the validation sets (the model card has the
+sweep); the state is a plain pair of tensors per batch row, so sessions snapshot and restore it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rvos_batch.model.config import ConfigError
+
+
+@dataclass(frozen=True)
+class AppearanceConfig:
+    """margin: how much more a mask's colours must look like its surroundings than like its object for the mask to
+    be left out, in Bhattacharyya coefficient (0..1). rate: how fast the object's histogram follows the kept masks
+    (0: the given mask only). bins: histogram bins per RGB channel. ring: width of the surroundings ring as a
+    fraction of the input height (at least one pixel)."""
+
+    margin: float = 0.1
+    rate: float = 0.2
+    bins: int = 8
+    ring: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.margin, (int, float)) or not -1.0 <= float(self.margin) <= 1.0:
+            raise ConfigError(f"AppearanceConfig.margin={self.margin!r}: allowed is a number in [-1, 1]")
+        if not isinstance(self.rate, (int, float)) or not 0.0 <= float(self.rate) <= 1.0:
+            raise ConfigError(f"AppearanceConfig.rate={self.rate!r}: allowed is a number in [0, 1]")
+        if not isinstance(self.bins, int) or isinstance(self.bins, bool) or not 2 <= self.bins <= 32:
+            raise ConfigError(f"AppearanceConfig.bins={self.bins!r}: allowed is an integer in 2..32")
+        if not isinstance(self.ring, (int, float)) or not 0.0 < float(self.ring) <= 0.5:
+            raise ConfigError(f"AppearanceConfig.ring={self.ring!r}: allowed is a number in (0, 0.5]")
+
+    def ring_pixels(self, height: int) -> int:
+        return max(1, round(self.ring * height))
+
+
+class AppearanceState(NamedTuple):
+    """Per batch row and slot: the object's colour histogram (b, n, bins**3), summing to 1 where ``known``, and
+    ``known`` (b, n) bool: the slot was given a mask, so it has a histogram to check against."""
+
+    models: Tensor
+    known: Tensor
+
+    @classmethod
+    def empty(cls, rows: int, slots: int, config: AppearanceConfig, device: torch.device | str) -> AppearanceState:
+        return cls(torch.zeros(rows, slots, config.bins**3, device=device),
+                   torch.zeros(rows, slots, dtype=torch.bool, device=device))
+
+    def index_rows(self, rows: Tensor) -> AppearanceState:
+        return AppearanceState(self.models.index_select(0, rows), self.known.index_select(0, rows))
+
+    def scatter_rows(self, rows: Tensor, sub: AppearanceState) -> AppearanceState:
+        models, known = self.models.clone(), self.known.clone()
+        models[rows] = sub.models
+        known[rows] = sub.known
+        return AppearanceState(models, known)
+
+    def reset_rows(self, rows: Tensor) -> AppearanceState:
+        models, known = self.models.clone(), self.known.clone()
+        models[rows] = 0.0
+        known[rows] = False
+        return AppearanceState(models, known)
+
+
+def colour_bins(frames: Tensor, bins: int) -> Tensor:
+    """frames (b, 3, h, w) in [0, 1] -> (b, h * w) long: each pixel's RGB histogram bin."""
+    q = (frames.float() * bins).long().clamp_(0, bins - 1)
+    idx = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]
+    return idx.flatten(1)
+
+
+def histograms(bin_index: Tensor, masks: Tensor, num_bins: int) -> Tensor:
+    """bin_index (b, P) long, masks (b, n, P) bool -> (b, n, num_bins) float: each mask's colour histogram,
+    normalised to sum 1 (all zeros for an empty mask)."""
+    b, n, p = masks.shape
+    counts = torch.zeros(b, n, num_bins, device=masks.device)
+    counts.scatter_add_(2, bin_index[:, None, :].expand(b, n, p), masks.float())
+    return counts / counts.sum(dim=2, keepdim=True).clamp(min=1.0)
+
+
+def bhattacharyya(p: Tensor, q: Tensor) -> Tensor:
+    """Bhattacharyya coefficient of histograms along the last dimension: 1 for equal ones, 0 for disjoint ones."""
+    return (p * q).clamp(min=0.0).sqrt().sum(dim=-1)
+
+
+def surroundings(masks: Tensor, width: int) -> Tensor:
+    """masks (b, n, h, w) bool, disjoint -> (b, n, h, w) bool: each mask grown by about ``width`` pixels (a
+    square), less every mask's pixels.
+
+    The growing runs on a grid ``f = max(1, width // 3)`` times coarser (a cell is in a mask when any of its pixels
+    is), by separable max-pooling, so the ring is exact to within ``f`` pixels at a fraction of the cost."""
+    b, n, h, w = masks.shape
+    f = max(1, width // 3)
+    r = -(-width // f)  # the width in coarse cells, rounded up
+    x = masks.float().flatten(0, 1)[:, None]  # (b n, 1, h, w)
+    if f > 1:
+        x = F.max_pool2d(x, f, stride=f, ceil_mode=True)
+    k = 2 * r + 1
+    x = F.max_pool2d(x, (1, k), stride=1, padding=(0, r))
+    x = F.max_pool2d(x, (k, 1), stride=1, padding=(r, 0))
+    if f > 1:
+        x = x.repeat_interleave(f, dim=2).repeat_interleave(f, dim=3)[:, :, :h, :w]
+    grown = x[:, 0].view(b, n, h, w) > 0
+    return grown & ~masks.any(dim=1, keepdim=True)
+
+
+def check(
+    frames: Tensor,
+    probs: Tensor,
+    reportable: Tensor,
+    threshold: float,
+    given: Tensor | None,
+    valid: Tensor | None,
+    state: AppearanceState,
+    config: AppearanceConfig,
+) -> tuple[Tensor, AppearanceState]:
+    """One frame of the check for a batch: returns (hidden (b, n) bool, the new state).
+
+    frames (b, 3, h, w) in [0, 1] at the model's input size; probs (b, n, h, w) the model's foreground
+    probabilities; reportable (b, n) the slots that may be reported; given (b, S, h, w) / valid (b, S): the masks
+    given at this frame (S >= n slots), which set their slots' histograms and are never hidden. Masks are resolved
+    as the output is (the most probable reportable slot above ``threshold``), at the input size. ``hidden`` is
+    True for a known slot whose non-empty mask looks more like its surroundings than like its object.
+    """
+    b, n, h, w = probs.shape
+    k = config.bins**3
+    idx = colour_bins(frames, config.bins)
+    low = probs.float() * reportable[:, :, None, None]
+    best_p, best = low.max(dim=1)
+    label = torch.where(best_p > threshold, best, n)
+    masks = label[:, None] == torch.arange(n, device=probs.device)[None, :, None, None]  # (b, n, h, w)
+    flat = masks.flatten(2)
+    current = histograms(idx, flat, k)
+    ring = histograms(idx, surroundings(masks, config.ring_pixels(h)).flatten(2), k)
+    nonempty = flat.any(dim=2)
+    models, known = state.models[:, :n], state.known[:, :n]
+    hidden = known & reportable & nonempty & (
+        bhattacharyya(current, models) < bhattacharyya(current, ring) - config.margin
+    )
+    keep = known & reportable & nonempty & ~hidden
+    models = torch.where(keep[:, :, None], (1.0 - config.rate) * models + config.rate * current, models)
+    if given is not None and valid is not None:
+        fresh = valid[:, :n]
+        hidden = hidden & ~fresh
+        given_hist = histograms(idx, (given[:, :n] > 0.5).flatten(2), k)
+        fresh = fresh & (given_hist.sum(dim=2) > 0)  # an empty given mask gives no appearance
+        models = torch.where(fresh[:, :, None], given_hist, models)
+        known = known | fresh
+    new_models = state.models.clone()
+    new_known = state.known.clone()
+    new_models[:, :n] = models
+    new_known[:, :n] = known
+    return hidden, AppearanceState(new_models, new_known)

@@ -1,0 +1,228 @@
+"""The appearance check: its pieces against plain references, and a session that leaves out a mask whose object has
+gone, reports it again when it comes back, leaves other rows alone, and snapshots the check's state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from rvos_batch.appearance import (
+    AppearanceConfig,
+    AppearanceState,
+    bhattacharyya,
+    check,
+    colour_bins,
+    histograms,
+    surroundings,
+)
+from rvos_batch.model import RVOS, ConfigError, RVOSConfig
+from rvos_batch.predictor import BatchSession, PredictConfig, preprocess
+
+SIZE = (64, 96)
+ORIG = (64, 96)
+
+
+def test_colour_bins_and_histograms_match_numpy():
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.random((2, 3, 10, 12), dtype=np.float32))
+    masks = torch.from_numpy(rng.random((2, 3, 10, 12)) < 0.4)
+    masks[1, 2] = False  # an empty mask
+    idx = colour_bins(frames, 4)
+    q = np.minimum((frames.numpy() * 4).astype(int), 3)
+    assert np.array_equal(idx.numpy(), ((q[:, 0] * 4 + q[:, 1]) * 4 + q[:, 2]).reshape(2, -1))
+    h = histograms(idx, masks.flatten(2), 64).numpy()
+    for b in range(2):
+        for s in range(3):
+            m = masks[b, s].numpy().reshape(-1)
+            counts = np.bincount(idx[b].numpy()[m], minlength=64).astype(float)
+            ref = counts / counts.sum() if counts.sum() else counts
+            np.testing.assert_allclose(h[b, s], ref, atol=1e-6)
+    assert h[1, 2].sum() == 0
+    p = torch.tensor([[0.5, 0.5, 0.0]])
+    assert bhattacharyya(p, p).item() == pytest.approx(1.0)
+    assert bhattacharyya(p, torch.tensor([[0.0, 0.0, 1.0]])).item() == 0.0
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 12])
+def test_surroundings_is_the_grown_mask_less_every_mask(width):
+    rng = np.random.default_rng(width)
+    masks = np.zeros((1, 2, 40, 50), dtype=bool)
+    masks[0, 0, 5:15, 7:20] = True
+    masks[0, 1, 22:30, 30:41] = True
+    masks[0, 1] &= rng.random((40, 50)) < 0.9
+    ring = surroundings(torch.from_numpy(masks), width).numpy()
+    others = masks.any(axis=1)
+    f = max(1, width // 3)
+    for s in range(2):
+        exact = ndimage.binary_dilation(masks[0, s], np.ones((2 * width + 1,) * 2, bool)) & ~others[0]
+        loose = ndimage.binary_dilation(masks[0, s], np.ones((2 * (width + 2 * f) + 1,) * 2, bool)) & ~others[0]
+        assert not (ring[0, s] & others[0]).any(), "the ring never lies on a mask"
+        assert (exact <= ring[0, s]).all(), "the ring holds every pixel within the width"
+        assert (ring[0, s] <= loose).all(), "and nothing further than the width plus two coarse cells"
+        if f == 1:
+            assert np.array_equal(ring[0, s], exact)
+
+
+def _state(hists: list[list[np.ndarray | None]], bins: int) -> AppearanceState:
+    b, n = len(hists), len(hists[0])
+    models = torch.zeros(b, n, bins**3)
+    known = torch.zeros(b, n, dtype=torch.bool)
+    for i, row in enumerate(hists):
+        for s, h in enumerate(row):
+            if h is not None:
+                models[i, s] = torch.from_numpy(h).float()
+                known[i, s] = True
+    return AppearanceState(models, known)
+
+
+def _frames_and_probs():
+    """Row 0: a red square at rows 4..12, cols 4..12 on grey; slot 0's mask is that square, slot 1's a grey patch.
+    Frame values are bin centres, so each colour falls in one bin."""
+    frames = torch.full((1, 3, 20, 20), 0.55)
+    frames[0, :, 4:12, 4:12] = torch.tensor([0.95, 0.05, 0.05])[:, None, None]
+    probs = torch.zeros(1, 2, 20, 20)
+    probs[0, 0, 4:12, 4:12] = 0.9
+    probs[0, 1, 14:18, 14:18] = 0.9
+    return frames, probs
+
+
+def test_check_hides_a_mask_that_looks_like_its_surroundings_not_its_object():
+    cfg = AppearanceConfig(bins=2, margin=0.1, rate=0.5)
+    frames, probs = _frames_and_probs()
+    red = np.zeros(8)
+    red[1 * 4 + 0 * 2 + 0] = 1.0  # r high, g low, b low
+    grey = np.zeros(8)
+    grey[1 * 4 + 1 * 2 + 1] = 1.0  # 0.55 in every channel: the high bin of each
+    state = _state([[red, red]], bins=2)  # both slots were given a red object
+    reportable = torch.ones(1, 2, dtype=torch.bool)
+    hidden, new = check(frames, probs, reportable, 0.5, None, None, state, cfg)
+    assert hidden.tolist() == [[False, True]], "slot 1 sits on grey background, like its ring; slot 0 is red"
+    assert torch.equal(new.models[0, 1], state.models[0, 1]), "a hidden slot's histogram is not updated"
+    assert new.models[0, 0].tolist() == pytest.approx(red.tolist()), "a kept red mask keeps the red histogram"
+    # unknown slots (never given a mask) and unreportable slots are never hidden
+    hidden, _ = check(frames, probs, reportable, 0.5, None, None, _state([[red, None]], bins=2), cfg)
+    assert hidden.tolist() == [[False, False]]
+    hidden, _ = check(frames, probs, torch.tensor([[True, False]]), 0.5, None, None, state, cfg)
+    assert hidden.tolist() == [[False, False]]
+    # a slot given a mask at this frame is never hidden, and the given mask sets its histogram
+    given = torch.zeros(1, 2, 20, 20)
+    given[0, 1, 14:18, 14:18] = 1.0
+    hidden, new = check(frames, probs, reportable, 0.5, given, torch.tensor([[False, True]]), state, cfg)
+    assert hidden.tolist() == [[False, False]]
+    assert new.models[0, 1].tolist() == pytest.approx(grey.tolist()) and bool(new.known[0, 1])
+    # an empty given mask gives no appearance
+    _, new = check(frames, probs, reportable, 0.5, torch.zeros(1, 2, 20, 20), torch.tensor([[True, True]]),
+                   _state([[None, None]], bins=2), cfg)
+    assert new.known.tolist() == [[False, False]]
+
+
+def test_the_histogram_follows_kept_masks_at_its_rate():
+    cfg = AppearanceConfig(bins=2, margin=1.0, rate=0.25)  # margin 1: never hidden
+    frames, probs = _frames_and_probs()
+    old = np.full(8, 1 / 8)
+    _, new = check(frames, probs, torch.ones(1, 2, dtype=torch.bool), 0.5, None, None, _state([[old, None]], 2), cfg)
+    red = np.zeros(8)
+    red[4] = 1.0
+    assert new.models[0, 0].tolist() == pytest.approx((0.75 * old + 0.25 * red).tolist())
+
+
+def test_appearance_config_is_validated():
+    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            AppearanceConfig(**bad)
+    with pytest.raises(ConfigError, match="appearance"):
+        PredictConfig(appearance=0.1)  # type: ignore[arg-type]
+
+
+# ---- in a session -------------------------------------------------------------------------------------------------
+
+RED, BACKGROUND = (230, 30, 30), (40, 120, 200)
+SQUARE = (slice(16, 40), slice(24, 56))
+
+
+def _frame(with_object: bool, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.array(BACKGROUND) + rng.normal(0, 6, (*ORIG, 3)), 0, 255).astype(np.uint8)
+    if with_object:
+        img[SQUARE] = RED
+    return img
+
+
+def _square() -> np.ndarray:
+    m = np.zeros(ORIG, dtype=bool)
+    m[SQUARE] = True
+    return m
+
+
+def _model_that_keeps_the_square(monkeypatch) -> RVOS:
+    """A one-shot model whose slot 0 always segments the square, as a decoder that keeps feeding its mask back
+    would after the object left; the recurrent state still steps as usual."""
+    torch.manual_seed(0)
+    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="one-shot", recurrence="ST",
+                            input_size=SIZE)).eval()
+    step = model.step
+    square = torch.from_numpy(_square()).float()[None, None]
+    small = torch.nn.functional.interpolate(square, size=SIZE, mode="bilinear", align_corners=False)[0, 0] > 0.5
+
+    def scripted(frames, state, given=None, valid=None, num_active_slots=None):
+        logits, new = step(frames, state, given, valid, num_active_slots=num_active_slots)
+        logits = torch.full_like(logits, -10.0)
+        logits[:, 0][:, small] = 10.0
+        return logits, new
+
+    monkeypatch.setattr(model, "step", scripted)
+    return model
+
+
+def _run(session: BatchSession, rows: dict[int, list[bool]], start: int = 0) -> dict[int, list[list[int]]]:
+    """Step the rows together from frame ``start``; rows[r][i]: whether row r's frame start + i shows the object.
+    Returns the ids reported per frame."""
+    out: dict[int, list[list[int]]] = {r: [] for r in rows}
+    for t in range(start, start + len(next(iter(rows.values())))):
+        frames = {r: (t, preprocess(_frame(shows[t - start], seed=10 * r + t), session.input_size))
+                  for r, shows in rows.items()}
+        for r, res in session.step(frames).items():
+            out[r].append(res.object_ids.tolist())
+    return out
+
+
+def test_a_session_leaves_out_an_object_while_it_is_gone_and_reports_it_when_it_is_back(monkeypatch):
+    model = _model_that_keeps_the_square(monkeypatch)
+    shows = [True, True, False, False, True]
+    session = BatchSession(model, PredictConfig(), capacity=2)
+    session.add(0, "leaves", ORIG, {0: {7: _square()}})
+    session.add(1, "stays", ORIG, {0: {7: _square()}})
+    ids = _run(session, {0: shows, 1: [True] * 5})
+    assert ids[0] == [[7], [7], [], [], [7]], "left out while its patch shows background, back when the object is"
+    assert ids[1] == [[7]] * 5, "the other row, stepped in the same batch, is unaffected"
+
+    plain = BatchSession(model, PredictConfig(appearance=None), capacity=1)
+    plain.add(0, "leaves", ORIG, {0: {7: _square()}})
+    assert _run(plain, {0: shows})[0] == [[7]] * 5, "without the check every mask the model makes is reported"
+
+
+def test_a_snapshot_restores_the_checks_state(monkeypatch):
+    model = _model_that_keeps_the_square(monkeypatch)
+    session = BatchSession(model, PredictConfig(), capacity=1)
+    session.add(0, "v", ORIG, {0: {7: _square()}})
+    _run(session, {0: [True]})
+    snap = session.snapshot()
+    assert snap.appearance is not None and bool(snap.appearance.known[0, 0])
+    before = snap.appearance.models.clone()
+    # re-anchored at frame 1 on a patch of background: the given mask sets a new histogram
+    session.step({0: (1, preprocess(_frame(False, seed=1), session.input_size))}, prompts={0: {7: _square()}})
+    assert session.appearance is not None and not torch.equal(session.appearance.models, before)
+    session.restore(snap)
+    assert session.appearance is not None and torch.equal(session.appearance.models, before)
+    session.release(0)
+    session.add(0, "next", ORIG, {0: {3: _square()}})
+    assert session.appearance is not None and not session.appearance.known.any(), "a new video starts unknown"
+
+
+def test_zero_shot_sessions_have_no_check():
+    torch.manual_seed(0)
+    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="zero-shot", recurrence="ST",
+                            input_size=SIZE)).eval()
+    assert BatchSession(model, PredictConfig(), capacity=1).appearance is None
