@@ -14,6 +14,10 @@ off every object). The mask is left out of the frame when, in Bhattacharyya coef
 
     BC(mask, object) < BC(mask, ring) - margin
 
+A kept mask is also trimmed: its pixels whose colour is more than ``trim`` times as frequent in the ring as in the
+object's histogram (by a majority of each 3x3 neighbourhood) are taken out, which removes what leaked onto the
+background around the object.
+
 The check changes the output only: the model's recurrent state and the mask it feeds back are the model's own, so
 an object that comes back is reported again once its colours match. It applies to slots that were given a mask
 (one-shot prompts, and the tracker's hand-overs in ``--tracker`` runs), never to zero-shot slots, which have no
@@ -38,12 +42,15 @@ class AppearanceConfig:
     """margin: how much more a mask's colours must look like its surroundings than like its object for the mask to
     be left out, in Bhattacharyya coefficient (0..1). rate: how fast the object's histogram follows the kept masks
     (0: the given mask only). bins: histogram bins per RGB channel. ring: width of the surroundings ring as a
-    fraction of the input height (at least one pixel)."""
+    fraction of the input height (at least one pixel). trim: a kept mask's pixels whose colour is more than this many
+    times as frequent in the ring as in the object (a majority over each 3x3 neighbourhood) are taken out of the
+    mask; None keeps every pixel."""
 
     margin: float = 0.1
     rate: float = 0.2
     bins: int = 8
     ring: float = 0.05
+    trim: float | None = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or not -1.0 <= float(self.margin) <= 1.0:
@@ -54,6 +61,9 @@ class AppearanceConfig:
             raise ConfigError(f"AppearanceConfig.bins={self.bins!r}: allowed is an integer in 2..32")
         if not isinstance(self.ring, (int, float)) or not 0.0 < float(self.ring) <= 0.5:
             raise ConfigError(f"AppearanceConfig.ring={self.ring!r}: allowed is a number in (0, 0.5]")
+        if self.trim is not None and (not isinstance(self.trim, (int, float)) or isinstance(self.trim, bool)
+                                      or not float(self.trim) >= 1.0):
+            raise ConfigError(f"AppearanceConfig.trim={self.trim!r}: allowed is None or a number >= 1")
 
     def ring_pixels(self, height: int) -> int:
         return max(1, round(self.ring * height))
@@ -138,14 +148,18 @@ def check(
     valid: Tensor | None,
     state: AppearanceState,
     config: AppearanceConfig,
-) -> tuple[Tensor, AppearanceState]:
-    """One frame of the check for a batch: returns (hidden (b, n) bool, the new state).
+) -> tuple[Tensor, Tensor | None, AppearanceState]:
+    """One frame of the check for a batch: returns (hidden (b, n) bool, trim (b, n, h, w) bool or None, the new
+    state).
 
     frames (b, 3, h, w) in [0, 1] at the model's input size; probs (b, n, h, w) the model's foreground
     probabilities; reportable (b, n) the slots that may be reported; given (b, S, h, w) / valid (b, S): the masks
     given at this frame (S >= n slots), which set their slots' histograms and are never hidden. Masks are resolved
     as the output is (the most probable reportable slot above ``threshold``), at the input size. ``hidden`` is
-    True for a known slot whose non-empty mask looks more like its surroundings than like its object.
+    True for a known slot whose non-empty mask looks more like its surroundings than like its object. ``trim``
+    (None when ``config.trim`` is None) marks, for the other known slots, the mask pixels to take out: those whose
+    colour bin is more than ``config.trim`` times as frequent in the ring as in the object's histogram (each
+    frequency plus 1e-3), by a majority of their 3x3 neighbourhood.
     """
     b, n, h, w = probs.shape
     k = config.bins**3
@@ -163,10 +177,19 @@ def check(
         bhattacharyya(current, models) < bhattacharyya(current, ring) - config.margin
     )
     keep = known & reportable & nonempty & ~hidden
+    trim = None
+    if config.trim is not None:
+        p = flat.shape[2]
+        pick = idx[:, None, :].expand(b, n, p)
+        alien = (ring.gather(2, pick) + 1e-3) > config.trim * (models.gather(2, pick) + 1e-3)  # (b, n, P)
+        alien = F.avg_pool2d(alien.view(b * n, 1, h, w).float(), 3, stride=1, padding=1, count_include_pad=False)
+        trim = (alien.view(b, n, h, w) > 0.5) & masks & keep[:, :, None, None]
     models = torch.where(keep[:, :, None], (1.0 - config.rate) * models + config.rate * current, models)
     if given is not None and valid is not None:
         fresh = valid[:, :n]
         hidden = hidden & ~fresh
+        if trim is not None:
+            trim = trim & ~fresh[:, :, None, None]  # a mask given at this frame is the object's appearance
         given_hist = histograms(idx, (given[:, :n] > 0.5).flatten(2), k)
         fresh = fresh & (given_hist.sum(dim=2) > 0)  # an empty given mask gives no appearance
         models = torch.where(fresh[:, :, None], given_hist, models)
@@ -175,4 +198,4 @@ def check(
     new_known = state.known.clone()
     new_models[:, :n] = models
     new_known[:, :n] = known
-    return hidden, AppearanceState(new_models, new_known)
+    return hidden, trim, AppearanceState(new_models, new_known)

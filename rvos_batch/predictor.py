@@ -399,13 +399,15 @@ class BatchSession:
                     allowed[step_rows.index(row), : len(info.object_ids)] = True
                 reportable = started & allowed.to(started.device)
                 sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
-                hidden, new_sub_app = appearance_check(batch, probs, reportable, self.config.threshold, given,
-                                                       valid, sub_app, self.config.appearance)
+                hidden, trim, new_sub_app = appearance_check(batch, probs, reportable, self.config.threshold, given,
+                                                             valid, sub_app, self.config.appearance)
                 if all_rows or pad:  # padding rows report no slot and are given nothing: their state is unchanged
                     new_appearance = new_sub_app
                 else:
                     new_appearance = self.appearance.scatter_rows(self._index(rows), new_sub_app)
                 reportable = reportable & ~hidden
+                if trim is not None:  # output only: the state already holds this step's own probabilities
+                    probs = probs.masked_fill(trim, 0.0)
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub

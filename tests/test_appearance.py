@@ -97,23 +97,23 @@ def test_check_hides_a_mask_that_looks_like_its_surroundings_not_its_object():
     grey[1 * 4 + 1 * 2 + 1] = 1.0  # 0.55 in every channel: the high bin of each
     state = _state([[red, red]], bins=2)  # both slots were given a red object
     reportable = torch.ones(1, 2, dtype=torch.bool)
-    hidden, new = check(frames, probs, reportable, 0.5, None, None, state, cfg)
+    hidden, _, new = check(frames, probs, reportable, 0.5, None, None, state, cfg)
     assert hidden.tolist() == [[False, True]], "slot 1 sits on grey background, like its ring; slot 0 is red"
     assert torch.equal(new.models[0, 1], state.models[0, 1]), "a hidden slot's histogram is not updated"
     assert new.models[0, 0].tolist() == pytest.approx(red.tolist()), "a kept red mask keeps the red histogram"
     # unknown slots (never given a mask) and unreportable slots are never hidden
-    hidden, _ = check(frames, probs, reportable, 0.5, None, None, _state([[red, None]], bins=2), cfg)
+    hidden, _, _ = check(frames, probs, reportable, 0.5, None, None, _state([[red, None]], bins=2), cfg)
     assert hidden.tolist() == [[False, False]]
-    hidden, _ = check(frames, probs, torch.tensor([[True, False]]), 0.5, None, None, state, cfg)
+    hidden, _, _ = check(frames, probs, torch.tensor([[True, False]]), 0.5, None, None, state, cfg)
     assert hidden.tolist() == [[False, False]]
     # a slot given a mask at this frame is never hidden, and the given mask sets its histogram
     given = torch.zeros(1, 2, 20, 20)
     given[0, 1, 14:18, 14:18] = 1.0
-    hidden, new = check(frames, probs, reportable, 0.5, given, torch.tensor([[False, True]]), state, cfg)
+    hidden, _, new = check(frames, probs, reportable, 0.5, given, torch.tensor([[False, True]]), state, cfg)
     assert hidden.tolist() == [[False, False]]
     assert new.models[0, 1].tolist() == pytest.approx(grey.tolist()) and bool(new.known[0, 1])
     # an empty given mask gives no appearance
-    _, new = check(frames, probs, reportable, 0.5, torch.zeros(1, 2, 20, 20), torch.tensor([[True, True]]),
+    _, _, new = check(frames, probs, reportable, 0.5, torch.zeros(1, 2, 20, 20), torch.tensor([[True, True]]),
                    _state([[None, None]], bins=2), cfg)
     assert new.known.tolist() == [[False, False]]
 
@@ -122,14 +122,37 @@ def test_the_histogram_follows_kept_masks_at_its_rate():
     cfg = AppearanceConfig(bins=2, margin=1.0, rate=0.25)  # margin 1: never hidden
     frames, probs = _frames_and_probs()
     old = np.full(8, 1 / 8)
-    _, new = check(frames, probs, torch.ones(1, 2, dtype=torch.bool), 0.5, None, None, _state([[old, None]], 2), cfg)
+    _, _, new = check(frames, probs, torch.ones(1, 2, dtype=torch.bool), 0.5, None, None, _state([[old, None]], 2), cfg)
     red = np.zeros(8)
     red[4] = 1.0
     assert new.models[0, 0].tolist() == pytest.approx((0.75 * old + 0.25 * red).tolist())
 
 
+def test_trim_takes_the_pixels_coloured_like_the_ring_out_of_a_kept_mask():
+    """Slot 0's mask is the red square and a grey band beside it: the band is taken out, the square's inside kept."""
+    frames, probs = _frames_and_probs()
+    probs[0, 0, 4:12, 12:16] = 0.9  # the band, on grey background
+    red = np.zeros(8)
+    red[4] = 1.0
+    state = _state([[red, None]], bins=2)
+    reportable = torch.ones(1, 2, dtype=torch.bool)
+    hidden, trim, _ = check(frames, probs, reportable, 0.5, None, None, state, AppearanceConfig(bins=2))
+    assert hidden.tolist() == [[False, False]] and trim is not None
+    assert trim[0, 0, 4:12, 12:16].all(), "the grey band is the ring's colour: taken out"
+    assert not trim[0, 0, 5:11, 5:11].any(), "the square's inside is the object's colour: kept"
+    assert not trim[0, 0, :, :4].any() and not trim[0, 0, :4].any(), "only mask pixels are taken"
+    assert not trim[0, 1].any(), "a slot never given a mask is not trimmed"
+    given = torch.zeros(1, 2, 20, 20)
+    given[0, 0, 4:12, 4:16] = 1.0
+    _, trim, _ = check(frames, probs, reportable, 0.5, given, torch.tensor([[True, False]]), state,
+                       AppearanceConfig(bins=2))
+    assert trim is not None and not trim.any(), "a mask given at this frame is not trimmed"
+    _, trim, _ = check(frames, probs, reportable, 0.5, None, None, state, AppearanceConfig(bins=2, trim=None))
+    assert trim is None
+
+
 def test_appearance_config_is_validated():
-    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}):
+    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}, {"trim": 0.5}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AppearanceConfig(**bad)
     with pytest.raises(ConfigError, match="appearance"):
