@@ -14,12 +14,14 @@ off every object). The mask is left out of the frame when, in Bhattacharyya coef
 
     BC(mask, object) < BC(mask, ring) - margin
 
-A kept mask is also trimmed: its pixels whose colour is more than ``trim`` times as frequent in the ring as in the
-object's histogram (by a majority of each 3x3 neighbourhood) are taken out, which removes what leaked onto the
-background around the object.
+A kept mask is also refined by colour (``refine``, a ratio k): its pixels whose colour is more than k times as
+frequent in the ring as in the object's histogram are taken out (what leaked onto the background), and the ring's
+pixels whose colour is more than k times as frequent in the object as in the ring are added (what the mask missed
+of the object), each by a majority of its 3x3 neighbourhood. The refined mask is both the output and the mask fed
+back to the next frame, so the model does not build on its own leaks.
 
-The check changes the output only: the model's recurrent state and the mask it feeds back are the model's own, so
-an object that comes back is reported again once its colours match. It applies to slots that were given a mask
+Leaving a mask out changes the output only: the model's recurrent state and the mask it feeds back stay its own,
+so an object that comes back is reported again once its colours match. It applies to slots that were given a mask
 (one-shot prompts, and the tracker's hand-overs in ``--tracker`` runs), never to zero-shot slots, which have no
 given appearance. Not in the RVOS paper. The settings were chosen on the validation sets (the model card has the
 sweep); the state is a plain pair of tensors per batch row, so sessions snapshot and restore it.
@@ -42,15 +44,15 @@ class AppearanceConfig:
     """margin: how much more a mask's colours must look like its surroundings than like its object for the mask to
     be left out, in Bhattacharyya coefficient (0..1). rate: how fast the object's histogram follows the kept masks
     (0: the given mask only). bins: histogram bins per RGB channel. ring: width of the surroundings ring as a
-    fraction of the input height (at least one pixel). trim: a kept mask's pixels whose colour is more than this many
-    times as frequent in the ring as in the object (a majority over each 3x3 neighbourhood) are taken out of the
-    mask; None keeps every pixel."""
+    fraction of the input height (at least one pixel). refine: the colour ratio k of the refinement of kept masks
+    (pixels k times likelier in the ring's colours than the object's are taken out, ring pixels k times likelier in
+    the object's are added); None leaves the model's masks as they are."""
 
     margin: float = 0.1
     rate: float = 0.2
     bins: int = 8
     ring: float = 0.05
-    trim: float | None = 2.0
+    refine: float | None = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or not -1.0 <= float(self.margin) <= 1.0:
@@ -61,12 +63,24 @@ class AppearanceConfig:
             raise ConfigError(f"AppearanceConfig.bins={self.bins!r}: allowed is an integer in 2..32")
         if not isinstance(self.ring, (int, float)) or not 0.0 < float(self.ring) <= 0.5:
             raise ConfigError(f"AppearanceConfig.ring={self.ring!r}: allowed is a number in (0, 0.5]")
-        if self.trim is not None and (not isinstance(self.trim, (int, float)) or isinstance(self.trim, bool)
-                                      or not float(self.trim) >= 1.0):
-            raise ConfigError(f"AppearanceConfig.trim={self.trim!r}: allowed is None or a number >= 1")
+        if self.refine is not None and (not isinstance(self.refine, (int, float)) or isinstance(self.refine, bool)
+                                        or not float(self.refine) >= 1.0):
+            raise ConfigError(f"AppearanceConfig.refine={self.refine!r}: allowed is None or a number >= 1")
 
     def ring_pixels(self, height: int) -> int:
         return max(1, round(self.ring * height))
+
+
+class CheckResult(NamedTuple):
+    """What :func:`check` decided for one frame of a batch.
+
+    hidden (b, n) bool: masks to leave out of the output. trim / grow (b, n, h, w) bool, or None without
+    refinement: pixels to take out of / add to each kept mask. state: the new :class:`AppearanceState`."""
+
+    hidden: Tensor
+    trim: Tensor | None
+    grow: Tensor | None
+    state: AppearanceState
 
 
 class AppearanceState(NamedTuple):
@@ -148,18 +162,18 @@ def check(
     valid: Tensor | None,
     state: AppearanceState,
     config: AppearanceConfig,
-) -> tuple[Tensor, Tensor | None, AppearanceState]:
-    """One frame of the check for a batch: returns (hidden (b, n) bool, trim (b, n, h, w) bool or None, the new
-    state).
+) -> CheckResult:
+    """One frame of the check for a batch.
 
     frames (b, 3, h, w) in [0, 1] at the model's input size; probs (b, n, h, w) the model's foreground
     probabilities; reportable (b, n) the slots that may be reported; given (b, S, h, w) / valid (b, S): the masks
     given at this frame (S >= n slots), which set their slots' histograms and are never hidden. Masks are resolved
     as the output is (the most probable reportable slot above ``threshold``), at the input size. ``hidden`` is
-    True for a known slot whose non-empty mask looks more like its surroundings than like its object. ``trim``
-    (None when ``config.trim`` is None) marks, for the other known slots, the mask pixels to take out: those whose
-    colour bin is more than ``config.trim`` times as frequent in the ring as in the object's histogram (each
-    frequency plus 1e-3), by a majority of their 3x3 neighbourhood.
+    True for a known slot whose non-empty mask looks more like its surroundings than like its object. For the
+    other known slots (not given a mask at this frame), ``trim`` marks the mask pixels whose colour bin is more than
+    ``config.refine`` times as frequent in the ring as in the object's histogram (each frequency plus 1e-3), and
+    ``grow`` the ring pixels whose bin is that much more frequent in the object, each by a majority of its 3x3
+    neighbourhood. The histograms compared are the ones from before this frame's update.
     """
     b, n, h, w = probs.shape
     k = config.bins**3
@@ -170,26 +184,30 @@ def check(
     masks = label[:, None] == torch.arange(n, device=probs.device)[None, :, None, None]  # (b, n, h, w)
     flat = masks.flatten(2)
     current = histograms(idx, flat, k)
-    ring = histograms(idx, surroundings(masks, config.ring_pixels(h)).flatten(2), k)
+    around = surroundings(masks, config.ring_pixels(h))
+    ring = histograms(idx, around.flatten(2), k)
     nonempty = flat.any(dim=2)
     models, known = state.models[:, :n], state.known[:, :n]
     hidden = known & reportable & nonempty & (
         bhattacharyya(current, models) < bhattacharyya(current, ring) - config.margin
     )
     keep = known & reportable & nonempty & ~hidden
-    trim = None
-    if config.trim is not None:
-        p = flat.shape[2]
-        pick = idx[:, None, :].expand(b, n, p)
-        alien = (ring.gather(2, pick) + 1e-3) > config.trim * (models.gather(2, pick) + 1e-3)  # (b, n, P)
-        alien = F.avg_pool2d(alien.view(b * n, 1, h, w).float(), 3, stride=1, padding=1, count_include_pad=False)
-        trim = (alien.view(b, n, h, w) > 0.5) & masks & keep[:, :, None, None]
+    trim = grow = None
+    if config.refine is not None:
+        pick = idx[:, None, :].expand(b, n, h * w)
+        in_ring = ring.gather(2, pick) + 1e-3  # (b, n, P): how frequent each pixel's colour is in the ring
+        in_object = models.gather(2, pick) + 1e-3  # ... and in the object
+        kept = keep[:, :, None, None]
+        trim = _majority(in_ring > config.refine * in_object, b, n, h, w) & masks & kept
+        grow = _majority(in_object > config.refine * in_ring, b, n, h, w) & around & kept
     models = torch.where(keep[:, :, None], (1.0 - config.rate) * models + config.rate * current, models)
     if given is not None and valid is not None:
         fresh = valid[:, :n]
         hidden = hidden & ~fresh
-        if trim is not None:
-            trim = trim & ~fresh[:, :, None, None]  # a mask given at this frame is the object's appearance
+        if trim is not None and grow is not None:  # a mask given at this frame is the object as it is
+            trim = trim & ~fresh[:, :, None, None]
+            taken = ((given[:, :n] > 0.5) & valid[:, :n, None, None]).any(dim=1, keepdim=True)
+            grow = grow & ~fresh[:, :, None, None] & ~taken  # given pixels belong to their object alone
         given_hist = histograms(idx, (given[:, :n] > 0.5).flatten(2), k)
         fresh = fresh & (given_hist.sum(dim=2) > 0)  # an empty given mask gives no appearance
         models = torch.where(fresh[:, :, None], given_hist, models)
@@ -198,4 +216,11 @@ def check(
     new_known = state.known.clone()
     new_models[:, :n] = models
     new_known[:, :n] = known
-    return hidden, trim, AppearanceState(new_models, new_known)
+    return CheckResult(hidden, trim, grow, AppearanceState(new_models, new_known))
+
+
+def _majority(flags: Tensor, b: int, n: int, h: int, w: int) -> Tensor:
+    """(b, n, h * w) bool -> (b, n, h, w) bool: True where most of the pixel's 3x3 neighbourhood (within the frame)
+    is True."""
+    share = F.avg_pool2d(flags.view(b * n, 1, h, w).float(), 3, stride=1, padding=1, count_include_pad=False)
+    return share.view(b, n, h, w) > 0.5

@@ -399,15 +399,19 @@ class BatchSession:
                     allowed[step_rows.index(row), : len(info.object_ids)] = True
                 reportable = started & allowed.to(started.device)
                 sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
-                hidden, trim, new_sub_app = appearance_check(batch, probs, reportable, self.config.threshold, given,
-                                                             valid, sub_app, self.config.appearance)
+                seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
+                                        self.config.appearance)
                 if all_rows or pad:  # padding rows report no slot and are given nothing: their state is unchanged
-                    new_appearance = new_sub_app
+                    new_appearance = seen.state
                 else:
-                    new_appearance = self.appearance.scatter_rows(self._index(rows), new_sub_app)
-                reportable = reportable & ~hidden
-                if trim is not None:  # output only: the state already holds this step's own probabilities
-                    probs = probs.masked_fill(trim, 0.0)
+                    new_appearance = self.appearance.scatter_rows(self._index(rows), seen.state)
+                reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
+                if seen.trim is not None and seen.grow is not None and new_sub.prev_masks is not None:
+                    # refined masks, just above the threshold where grown: the output and the mask fed back
+                    probs = _refine(probs, seen.trim, seen.grow, self.config.threshold)
+                    fed = new_sub.prev_masks.clone()
+                    fed[:, :n_active] = _refine(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
+                    new_sub = replace(new_sub, prev_masks=fed)
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub
@@ -762,6 +766,12 @@ def _resolve_masks_cropped(
             total[i, slot] = float(up[m].sum(dtype=np.float64))
     score = torch.from_numpy((total / np.maximum(area, 1)).astype(np.float32))
     return torch.from_numpy(masks), torch.from_numpy(area), score
+
+
+def _refine(probs: Tensor, trim: Tensor, grow: Tensor, threshold: float) -> Tensor:
+    """Probabilities (b, n, h, w) with ``trim`` pixels set to 0 and ``grow`` pixels raised just above ``threshold``."""
+    raised = torch.where(grow, probs.clamp(min=threshold + 0.01), probs)
+    return raised.masked_fill(trim, 0.0)
 
 
 def _merge_rows(old: RVOSState, new: RVOSState, present: Tensor) -> RVOSState:

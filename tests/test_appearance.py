@@ -97,23 +97,23 @@ def test_check_hides_a_mask_that_looks_like_its_surroundings_not_its_object():
     grey[1 * 4 + 1 * 2 + 1] = 1.0  # 0.55 in every channel: the high bin of each
     state = _state([[red, red]], bins=2)  # both slots were given a red object
     reportable = torch.ones(1, 2, dtype=torch.bool)
-    hidden, _, new = check(frames, probs, reportable, 0.5, None, None, state, cfg)
+    hidden, _, _, new = check(frames, probs, reportable, 0.5, None, None, state, cfg)
     assert hidden.tolist() == [[False, True]], "slot 1 sits on grey background, like its ring; slot 0 is red"
     assert torch.equal(new.models[0, 1], state.models[0, 1]), "a hidden slot's histogram is not updated"
     assert new.models[0, 0].tolist() == pytest.approx(red.tolist()), "a kept red mask keeps the red histogram"
     # unknown slots (never given a mask) and unreportable slots are never hidden
-    hidden, _, _ = check(frames, probs, reportable, 0.5, None, None, _state([[red, None]], bins=2), cfg)
+    hidden, _, _, _ = check(frames, probs, reportable, 0.5, None, None, _state([[red, None]], bins=2), cfg)
     assert hidden.tolist() == [[False, False]]
-    hidden, _, _ = check(frames, probs, torch.tensor([[True, False]]), 0.5, None, None, state, cfg)
+    hidden, _, _, _ = check(frames, probs, torch.tensor([[True, False]]), 0.5, None, None, state, cfg)
     assert hidden.tolist() == [[False, False]]
     # a slot given a mask at this frame is never hidden, and the given mask sets its histogram
     given = torch.zeros(1, 2, 20, 20)
     given[0, 1, 14:18, 14:18] = 1.0
-    hidden, _, new = check(frames, probs, reportable, 0.5, given, torch.tensor([[False, True]]), state, cfg)
+    hidden, _, _, new = check(frames, probs, reportable, 0.5, given, torch.tensor([[False, True]]), state, cfg)
     assert hidden.tolist() == [[False, False]]
     assert new.models[0, 1].tolist() == pytest.approx(grey.tolist()) and bool(new.known[0, 1])
     # an empty given mask gives no appearance
-    _, _, new = check(frames, probs, reportable, 0.5, torch.zeros(1, 2, 20, 20), torch.tensor([[True, True]]),
+    _, _, _, new = check(frames, probs, reportable, 0.5, torch.zeros(1, 2, 20, 20), torch.tensor([[True, True]]),
                    _state([[None, None]], bins=2), cfg)
     assert new.known.tolist() == [[False, False]]
 
@@ -122,37 +122,48 @@ def test_the_histogram_follows_kept_masks_at_its_rate():
     cfg = AppearanceConfig(bins=2, margin=1.0, rate=0.25)  # margin 1: never hidden
     frames, probs = _frames_and_probs()
     old = np.full(8, 1 / 8)
-    _, _, new = check(frames, probs, torch.ones(1, 2, dtype=torch.bool), 0.5, None, None, _state([[old, None]], 2), cfg)
+    new = check(frames, probs, torch.ones(1, 2, dtype=torch.bool), 0.5, None, None, _state([[old, None]], 2), cfg).state
     red = np.zeros(8)
     red[4] = 1.0
     assert new.models[0, 0].tolist() == pytest.approx((0.75 * old + 0.25 * red).tolist())
 
 
-def test_trim_takes_the_pixels_coloured_like_the_ring_out_of_a_kept_mask():
-    """Slot 0's mask is the red square and a grey band beside it: the band is taken out, the square's inside kept."""
+def test_refinement_trims_what_looks_like_the_ring_and_grows_into_what_looks_like_the_object():
+    """Slot 0's mask is the red square and a grey band beside it: the band is taken out, the square's inside kept.
+    Then its mask is the square's left part only: the ring's red pixels are added."""
     frames, probs = _frames_and_probs()
     probs[0, 0, 4:12, 12:16] = 0.9  # the band, on grey background
     red = np.zeros(8)
     red[4] = 1.0
     state = _state([[red, None]], bins=2)
     reportable = torch.ones(1, 2, dtype=torch.bool)
-    hidden, trim, _ = check(frames, probs, reportable, 0.5, None, None, state, AppearanceConfig(bins=2))
-    assert hidden.tolist() == [[False, False]] and trim is not None
+    cfg = AppearanceConfig(bins=2)
+    hidden, trim, grow, _ = check(frames, probs, reportable, 0.5, None, None, state, cfg)
+    assert hidden.tolist() == [[False, False]] and trim is not None and grow is not None
     assert trim[0, 0, 4:12, 12:16].all(), "the grey band is the ring's colour: taken out"
     assert not trim[0, 0, 5:11, 5:11].any(), "the square's inside is the object's colour: kept"
     assert not trim[0, 0, :, :4].any() and not trim[0, 0, :4].any(), "only mask pixels are taken"
-    assert not trim[0, 1].any(), "a slot never given a mask is not trimmed"
+    assert not trim[0, 1].any() and not grow[0, 1].any(), "a slot never given a mask is not refined"
+    assert not grow.any(), "the whole square is in the mask: nothing red left to add"
+
+    probs[0, 0] = 0.0
+    probs[0, 0, 4:12, 4:9] = 0.9  # the square's left part; the ring (1 pixel at this size) is column 9 and around
+    _, trim, grow, _ = check(frames, probs, reportable, 0.5, None, None, state, cfg)
+    assert trim is not None and grow is not None
+    assert not trim[0, 0, 5:11].any(), "at most the square's corners, where grey outnumbers red around them, go"
+    assert grow[0, 0, 4:12, 9].all() and int(grow[0, 0].sum()) == 8, "the ring's red pixels are added, no others"
+
     given = torch.zeros(1, 2, 20, 20)
     given[0, 0, 4:12, 4:16] = 1.0
-    _, trim, _ = check(frames, probs, reportable, 0.5, given, torch.tensor([[True, False]]), state,
-                       AppearanceConfig(bins=2))
-    assert trim is not None and not trim.any(), "a mask given at this frame is not trimmed"
-    _, trim, _ = check(frames, probs, reportable, 0.5, None, None, state, AppearanceConfig(bins=2, trim=None))
-    assert trim is None
+    _, trim, grow, _ = check(frames, probs, reportable, 0.5, given, torch.tensor([[True, False]]), state, cfg)
+    assert trim is not None and grow is not None and not trim.any() and not grow.any(), (
+        "a mask given at this frame is not refined")
+    result = check(frames, probs, reportable, 0.5, None, None, state, AppearanceConfig(bins=2, refine=None))
+    assert result.trim is None and result.grow is None
 
 
 def test_appearance_config_is_validated():
-    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}, {"trim": 0.5}):
+    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}, {"refine": 0.5}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AppearanceConfig(**bad)
     with pytest.raises(ConfigError, match="appearance"):
@@ -179,14 +190,15 @@ def _square() -> np.ndarray:
     return m
 
 
-def _model_that_keeps_the_square(monkeypatch) -> RVOS:
-    """A one-shot model whose slot 0 always segments the square, as a decoder that keeps feeding its mask back
-    would after the object left; the recurrent state still steps as usual."""
+def _model_that_keeps_the_square(monkeypatch, region: tuple[slice, slice] = SQUARE) -> RVOS:
+    """A one-shot model whose slot 0 always segments ``region`` (default: the square), as a decoder that keeps
+    feeding its mask back would after the object left; the recurrent state still steps as usual."""
     torch.manual_seed(0)
     model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="one-shot", recurrence="ST",
                             input_size=SIZE)).eval()
     step = model.step
-    square = torch.from_numpy(_square()).float()[None, None]
+    square = torch.zeros(1, 1, *ORIG)
+    square[0, 0][region] = 1.0
     small = torch.nn.functional.interpolate(square, size=SIZE, mode="bilinear", align_corners=False)[0, 0] > 0.5
 
     def scripted(frames, state, given=None, valid=None, num_active_slots=None):
@@ -224,6 +236,26 @@ def test_a_session_leaves_out_an_object_while_it_is_gone_and_reports_it_when_it_
     plain = BatchSession(model, PredictConfig(appearance=None), capacity=1)
     plain.add(0, "leaves", ORIG, {0: {7: _square()}})
     assert _run(plain, {0: shows})[0] == [[7]] * 5, "without the check every mask the model makes is reported"
+
+
+def test_a_session_refines_the_output_and_the_mask_it_feeds_back(monkeypatch):
+    """The model segments the red square's left half; from the frame after the prompt, the red columns of the ring
+    (3 pixels at 64x96) are added, in the output and in the mask fed to the next frame."""
+    left = (SQUARE[0], slice(24, 40))
+    model = _model_that_keeps_the_square(monkeypatch, left)
+    outputs = {}
+    for name, config in (("refined", PredictConfig()), ("plain", PredictConfig(appearance=None))):
+        session = BatchSession(model, config, capacity=1)
+        session.add(0, "v", ORIG, {0: {7: _square()}})
+        masks = [session.step({0: (t, preprocess(_frame(True, seed=t), session.input_size))})[0].masks[0]
+                 for t in range(2)]
+        outputs[name] = masks
+        fed = session.state.prev_masks
+        assert fed is not None
+        assert bool((fed[0, 0, 17:39, 40:43] > 0.5).all()) == (name == "refined"), "the fed-back mask is refined"
+    assert outputs["refined"][0].sum() == outputs["plain"][0].sum() == 24 * 16, "the prompt frame is not refined"
+    assert outputs["refined"][1][17:39, 40:43].all() and not outputs["plain"][1][:, 40:].any()
+    assert not outputs["refined"][1][:, 44:].any() and not outputs["refined"][1][:14].any(), "only the ring grows"
 
 
 def test_a_snapshot_restores_the_checks_state(monkeypatch):
