@@ -120,7 +120,8 @@ def model_alone_fps(model: RVOS, config: PredictConfig, batch: int, frames: torc
 def model_alone(model: RVOS, config: PredictConfig, batch: int, frames: torch.Tensor, steps: int,
                 warmup: int = 2, objects: int | None = None) -> tuple[float, float]:
     """(frames/s, CPU ms per frame) of the model alone: ``batch`` videos stepped together through a BatchSession
-    (upload, model step, state update; no decoding, no masks). frames: (T, 3, h, w) uint8 preprocessed frames
+    (upload, model step, state update, and for one-shot the appearance check when ``config.appearance`` is set;
+    no decoding, no masks). frames: (T, 3, h, w) uint8 preprocessed frames
     cycled through. One-shot: ``objects`` prompted objects per video (slots decoded = objects). CPU time is this
     process's, all threads."""
     session = BatchSession(model, config, capacity=batch)

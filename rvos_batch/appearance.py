@@ -49,7 +49,7 @@ class AppearanceConfig:
     the object's are added); None leaves the model's masks as they are."""
 
     margin: float = 0.1
-    rate: float = 0.2
+    rate: float = 0.1
     bins: int = 8
     ring: float = 0.05
     refine: float | None = 2.0
@@ -194,12 +194,13 @@ def check(
     keep = known & reportable & nonempty & ~hidden
     trim = grow = None
     if config.refine is not None:
+        # decided per colour bin, then looked up per pixel: (b, n, K) -> (b, n, P)
+        alien = (ring + 1e-3) > config.refine * (models + 1e-3)
+        own = (models + 1e-3) > config.refine * (ring + 1e-3)
         pick = idx[:, None, :].expand(b, n, h * w)
-        in_ring = ring.gather(2, pick) + 1e-3  # (b, n, P): how frequent each pixel's colour is in the ring
-        in_object = models.gather(2, pick) + 1e-3  # ... and in the object
         kept = keep[:, :, None, None]
-        trim = _majority(in_ring > config.refine * in_object, b, n, h, w) & masks & kept
-        grow = _majority(in_object > config.refine * in_ring, b, n, h, w) & around & kept
+        trim = majority(alien.gather(2, pick).view(b, n, h, w)) & masks & kept
+        grow = majority(own.gather(2, pick).view(b, n, h, w)) & around & kept
     models = torch.where(keep[:, :, None], (1.0 - config.rate) * models + config.rate * current, models)
     if given is not None and valid is not None:
         fresh = valid[:, :n]
@@ -219,8 +220,17 @@ def check(
     return CheckResult(hidden, trim, grow, AppearanceState(new_models, new_known))
 
 
-def _majority(flags: Tensor, b: int, n: int, h: int, w: int) -> Tensor:
-    """(b, n, h * w) bool -> (b, n, h, w) bool: True where most of the pixel's 3x3 neighbourhood (within the frame)
-    is True."""
-    share = F.avg_pool2d(flags.view(b * n, 1, h, w).float(), 3, stride=1, padding=1, count_include_pad=False)
-    return share.view(b, n, h, w) > 0.5
+def majority(flags: Tensor) -> Tensor:
+    """(..., h, w) bool -> the same shape: True where more than half of the pixel's 3x3 neighbourhood (the part
+    inside the frame) is True. Sums of shifted uint8 planes: no float copy of the masks."""
+    h, w = flags.shape[-2:]
+    x = F.pad(flags.to(torch.uint8).reshape(-1, h, w), (1, 1, 1, 1))
+    ones = F.pad(torch.ones(1, h, w, dtype=torch.uint8, device=flags.device), (1, 1, 1, 1))
+    total, count = _box3(x), _box3(ones)
+    return (2 * total > count).reshape(flags.shape)
+
+
+def _box3(x: Tensor) -> Tensor:
+    """(m, h + 2, w + 2) -> (m, h, w): the 3x3 sums."""
+    rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
+    return rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]

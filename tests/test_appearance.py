@@ -15,6 +15,7 @@ from rvos_batch.appearance import (
     check,
     colour_bins,
     histograms,
+    majority,
     surroundings,
 )
 from rvos_batch.model import RVOS, ConfigError, RVOSConfig
@@ -63,6 +64,14 @@ def test_surroundings_is_the_grown_mask_less_every_mask(width):
         assert (ring[0, s] <= loose).all(), "and nothing further than the width plus two coarse cells"
         if f == 1:
             assert np.array_equal(ring[0, s], exact)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 23), (1, 1, 1, 5), (1, 2, 4, 1)])
+def test_majority_is_a_3x3_vote_within_the_frame(shape):
+    flags = torch.from_numpy(np.random.default_rng(sum(shape)).random(shape) < 0.5)
+    share = torch.nn.functional.avg_pool2d(flags.reshape(-1, 1, *shape[-2:]).float(), 3, stride=1, padding=1,
+                                           count_include_pad=False)
+    assert torch.equal(majority(flags), share.reshape(shape) > 0.5)
 
 
 def _state(hists: list[list[np.ndarray | None]], bins: int) -> AppearanceState:

@@ -1,0 +1,101 @@
+"""The appearance check's cost: the shipped one-shot model alone, with and without the check; writes the
+"## Appearance check" section of benchmarks/RESULTS.md.
+
+Run:  nice -n 19 .venv/bin/python benchmarks/bench_appearance.py [--steps 12] [--repeat 3] [--no-write]
+
+Model alone as in bench_model.py (``benchkit.model_alone``: a BatchSession stepping ``--batch`` videos together,
+upload, model step, state update, no decoding, no masks), at the shipped one-shot model's input size, with 5
+prompted objects per video, on the CPU and, where there is one, the GPU. Each configuration is the best of
+``--repeat`` runs of ``--steps`` steps; the two configurations alternate so that load on a shared machine falls on
+both. The frames are real DAVIS object silhouettes from the shared data pasted in colour on a textured background,
+so the check's histograms, ring and refinement see shapes of real size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import benchkit
+import numpy as np
+import torch
+
+from rvos_batch.predictor import PredictConfig
+
+
+def frames_of(size: tuple[int, int], count: int, seed: int = 0) -> torch.Tensor:
+    """(count, 3, h, w) uint8: coloured blobs moving over a textured background."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for t in range(count):
+        img = (rng.random((h, w, 3)) * 40 + np.array([60, 120, 90])).astype(np.float32)
+        for k in range(5):
+            cy, cx = h * (0.3 + 0.1 * k), w * (0.15 + 0.17 * k) + 3 * t
+            blob = ((yy - cy) / (0.12 * h)) ** 2 + ((xx - cx) / (0.07 * w)) ** 2 < 1
+            img[blob] = np.array([40 * k + 40, 200 - 30 * k, 60 + 35 * k])
+        out.append(torch.from_numpy(np.clip(img, 0, 255).astype(np.uint8)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    benchkit.add_threads_option(p)
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    benchkit.apply_threads(args)
+    host = benchkit.machine()
+    print(host, flush=True)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for device in devices:
+        model, what = benchkit.shipped_model("one-shot", device)
+        size = model.config.input_size
+        frames = frames_of(size, 8)
+        for batch in args.batch:
+            best: dict[str, tuple[float, float]] = {}
+            for _ in range(args.repeat):
+                for name, appearance in (("without", None), ("with", PredictConfig().appearance)):
+                    cfg = PredictConfig.for_device(device, max_batch_videos=batch, appearance=appearance)
+                    fps, cpu_ms = benchkit.model_alone(model, cfg, batch, frames, args.steps, objects=5)
+                    if name not in best or fps > best[name][0]:
+                        best[name] = (fps, cpu_ms)
+            (f0, c0), (f1, c1) = best["without"], best["with"]
+            ms = 1e3 / f1 - 1e3 / f0
+            rows.append((device, batch, f0, f1, c0, c1, ms))
+            print(f"{device} batch {batch}: {f0:.1f} -> {f1:.1f} frames/s, +{ms:.2f} ms per frame "
+                  f"(CPU ms per frame {c0:.1f} -> {c1:.1f})", flush=True)
+    if args.no_write:
+        return 0
+    lines = [
+        "## Appearance check",
+        "",
+        "The shipped one-shot model alone (`benchkit.model_alone`: upload, model step, state update; no decoding, no "
+        "masks), 5 objects per video, with and without the appearance check (`rvos_batch.appearance`: histograms, "
+        "the ring, the leave-out test and the refinement, all on the model's device at its input size). Best of "
+        "the repeats; the two settings alternate.",
+        "",
+        f"- Machine: {host}",
+        f"- Command: `{benchkit.command('bench_appearance.py', argv)}`",
+        f"- Model: {what}, input {size[0]}x{size[1]}",
+        "",
+        "| device | videos per step | frames/s without | frames/s with | wall ms per frame added | CPU ms per frame "
+        "without / with |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[f"| {d} | {b} | {f0:.1f} | {f1:.1f} | {ms:+.2f} | {c0:.1f} / {c1:.1f} |"
+          for d, b, f0, f1, c0, c1, ms in rows],
+    ]
+    if "cuda" not in devices:
+        lines += ["", "- No GPU was available: the GPU rows were not measured. On CUDA the same command adds them."]
+    benchkit.write_section("Appearance check", "\n".join(lines))
+    print("wrote the 'Appearance check' section of", benchkit.RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
