@@ -44,8 +44,8 @@ class DiscoveryConfig:
     """
 
     min_area_fraction: float = 0.0
-    max_overlap: float = 0.1
-    tracker_slots: int = 10
+    max_overlap: float = 0.05
+    tracker_slots: int = 16
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_fraction < 1.0:
