@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rvos_batch.cli import size_arg
@@ -24,13 +25,15 @@ from rvos_batch.job.worker import run_in_process
 
 
 def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
-          input_size: tuple[int, int] | None = None, tracker: str | None = None) -> dict:
+          input_size: tuple[int, int] | None = None, tracker: str | None = None,
+          appearance_check: bool = True, appearance_refine: float = 2.0) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
     out = work / f"out-{mode}{'-tracked' if tracker else ''}"
     cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
-                      input_size=input_size, tracker=tracker)
+                      input_size=input_size, tracker=tracker, appearance_check=appearance_check,
+                      appearance_refine=appearance_refine, overwrite=True)
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -40,7 +43,9 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     protocol = "semi-supervised" if mode == "one-shot" else "unsupervised"
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
+    check = cfg.appearance_config() if cfg.checks_appearance else None
     summary.update({"mode": mode, "model": model, "tracker": tracker,
+                    "appearance": asdict(check) if check is not None else None,
                     "input_size": list(input_size) if input_size else None,
                     "frames": frames, "label_seconds": round(seconds, 2),
                     "frames_per_second": round(frames / seconds, 2) if seconds else None})
@@ -56,12 +61,16 @@ def main() -> int:
                    help="label at this size instead of the model's own (as rvos-batch label --input-size)")
     p.add_argument("--tracker", default=None, help="zero-shot: a one-shot model following what it finds "
                    "(as rvos-batch label --tracker)")
+    p.add_argument("--no-appearance-check", action="store_true", help="as rvos-batch label --no-appearance-check")
+    p.add_argument("--appearance-refine", type=float, default=2.0, metavar="K",
+                   help="as rvos-batch label --appearance-refine (default 2)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rvos-eval-"))
     work.mkdir(parents=True, exist_ok=True)
-    s = score(args.data, args.model, args.mode, work, input_size=args.input_size, tracker=args.tracker)
+    s = score(args.data, args.model, args.mode, work, input_size=args.input_size, tracker=args.tracker,
+              appearance_check=not args.no_appearance_check, appearance_refine=args.appearance_refine)
     if args.json:
         print(json.dumps(s))
     else:

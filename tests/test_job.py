@@ -168,6 +168,14 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert plain.ok and "appearance" not in json.loads(Path(tmp_path, "plain", "run.json").read_text())["fingerprint"]
     args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--no-appearance-check"])
     assert config_from_args(args).appearance_check is False
+    # the refinement ratio is part of the check's settings: another ratio into the same OUT is refused
+    with pytest.raises(MaskStoreError, match="appearance"):
+        run_job(dataclasses.replace(cfg, appearance_refine=3.0), progress=False)
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--appearance-refine", "0"])
+    assert config_from_args(args).appearance_config() == AppearanceConfig(refine=None)
+    assert dataclasses.replace(cfg, appearance_refine=3).appearance_config() == AppearanceConfig(refine=3.0)
+    with pytest.raises(RvosBatchError, match="--appearance-refine must be 0 .* or a ratio >= 1"):
+        dataclasses.replace(cfg, appearance_refine=0.5)
 
 
 def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):

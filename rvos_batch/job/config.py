@@ -6,10 +6,13 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.config import MIN_INPUT_SIDE, is_input_size
+
+if TYPE_CHECKING:
+    from rvos_batch.appearance import AppearanceConfig
 
 MODES = ("zero-shot", "one-shot")
 
@@ -48,6 +51,7 @@ class LabelConfig:
     gpu_decode: bool = False  # decode JPEGs with nvJPEG on the actor's GPU instead of PIL on threads
     tracker: str | None = None  # zero-shot only: a one-shot model that follows what the model finds (discover.py)
     appearance_check: bool = True  # leave a followed mask out while it looks like its surroundings (appearance.py)
+    appearance_refine: float = 2.0  # the check's colour ratio for trimming and growing kept masks; 0: no refinement
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     tracker_sha256: str | None = None  # the same for the tracker
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
@@ -66,6 +70,11 @@ class LabelConfig:
             raise RvosBatchError("--gpus-per-actor and --cpus-per-actor must be >= 0")
         if not 0.0 < self.threshold < 1.0:
             raise RvosBatchError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not isinstance(self.appearance_refine, (int, float)) or not (
+                self.appearance_refine == 0 or self.appearance_refine >= 1):
+            raise RvosBatchError(
+                f"--appearance-refine must be 0 (no refinement) or a ratio >= 1, got {self.appearance_refine!r}"
+            )
         if self.amp is not None and self.amp not in AMP_CHOICES:
             raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
         if self.compile is not None and self.compile not in COMPILE_CHOICES:
@@ -98,6 +107,14 @@ class LabelConfig:
         """Whether the appearance check changes this run's output: it is on, and some model follows given masks
         (one-shot, or a zero-shot run with a tracker)."""
         return self.appearance_check and (self.mode == "one-shot" or self.tracker is not None)
+
+    def appearance_config(self) -> AppearanceConfig | None:
+        """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``."""
+        if not self.appearance_check:
+            return None
+        from rvos_batch.appearance import AppearanceConfig  # torch: not needed to parse a command line
+
+        return AppearanceConfig(refine=float(self.appearance_refine) if self.appearance_refine else None)
 
     def public_dict(self) -> dict[str, Any]:
         """The config as recorded in run.json: storage options are never recorded (they may hold keys)."""

@@ -23,7 +23,6 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from rvos_batch import __version__
-from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.corpus import CorpusReader
 from rvos_batch.discover import DiscoveryConfig
 from rvos_batch.errors import MaskStoreError, RvosBatchError
@@ -235,7 +234,8 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         discovery = dataclasses.asdict(DiscoveryConfig())  # the rule the actors' sessions use
         tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
                         "config": tracker_config.to_dict(), "discovery": discovery}
-    appearance = dataclasses.asdict(AppearanceConfig()) if config.checks_appearance else None  # the actors' check
+    check = config.appearance_config() if config.checks_appearance else None  # the actors' appearance check
+    appearance = dataclasses.asdict(check) if check is not None else None
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
                                      tracker_sha, discovery, appearance)
     if config.input_size is not None:

@@ -33,7 +33,6 @@ import pyarrow as pa
 import torch
 
 from rvos_batch import imaging, maskstore, rle
-from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.corpus import CorpusReader, CorpusReadError, FrameRecord, VideoEntry
 from rvos_batch.discover import DiscoverTrackSession, FinishedStep
 from rvos_batch.errors import RLEError, RvosBatchError
@@ -292,7 +291,7 @@ class ShardWorker:
             self.frame_size = tracker_config.input_size  # the finder's frames are resized from these
         self.predict_config = speed_settings(
             PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device),
-                          appearance=AppearanceConfig() if config.appearance_check else None), config
+                          appearance=config.appearance_config()), config
         )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
