@@ -18,13 +18,15 @@ A kept mask is also refined by colour (``refine``, a ratio k): its pixels whose 
 frequent in the ring as in the object's histogram are taken out (what leaked onto the background), and the ring's
 pixels whose colour is more than k times as frequent in the object as in the ring are added (what the mask missed
 of the object), each by a majority of its 3x3 neighbourhood. The refined mask is both the output and the mask fed
-back to the next frame, so the model does not build on its own leaks.
+back to the next frame, so the model does not build on its own leaks. A zero-shot model feeds no mask back, so
+there the refinement changes the output only.
 
 Leaving a mask out changes the output only: the model's recurrent state and the mask it feeds back stay its own,
-so an object that comes back is reported again once its colours match. It applies to slots that were given a mask
-(one-shot prompts, and the tracker's hand-overs in ``--tracker`` runs), never to zero-shot slots, which have no
-given appearance. Not in the RVOS paper. The settings were chosen on the validation sets (the model card has the
-sweep); the state is a plain pair of tensors per batch row, so sessions snapshot and restore it.
+so an object that comes back is reported again once its colours match. A slot that was given a mask (one-shot
+prompts, and the tracker's hand-overs in ``--tracker`` runs) is compared with that mask's colours; a zero-shot
+slot, never given one, with its own first non-empty mask's (``learn_first``). Not in the RVOS paper. The settings
+were chosen on the validation sets (the model card has the sweep); the state is a plain pair of tensors per batch
+row, so sessions snapshot and restore it.
 """
 
 from __future__ import annotations
@@ -162,6 +164,7 @@ def check(
     valid: Tensor | None,
     state: AppearanceState,
     config: AppearanceConfig,
+    learn_first: bool = False,
 ) -> CheckResult:
     """One frame of the check for a batch.
 
@@ -173,7 +176,9 @@ def check(
     other known slots (not given a mask at this frame), ``trim`` marks the mask pixels whose colour bin is more than
     ``config.refine`` times as frequent in the ring as in the object's histogram (each frequency plus 1e-3), and
     ``grow`` the ring pixels whose bin is that much more frequent in the object, each by a majority of its 3x3
-    neighbourhood. The histograms compared are the ones from before this frame's update.
+    neighbourhood. The histograms compared are the ones from before this frame's update. ``learn_first`` (zero-shot
+    slots, which are never given a mask): a slot that is not yet known takes its first non-empty mask's histogram,
+    unchecked, and is checked from the next frame on.
     """
     b, n, h, w = probs.shape
     k = config.bins**3
@@ -202,6 +207,10 @@ def check(
         trim = majority(alien.gather(2, pick).view(b, n, h, w)) & masks & kept
         grow = majority(own.gather(2, pick).view(b, n, h, w)) & around & kept
     models = torch.where(keep[:, :, None], (1.0 - config.rate) * models + config.rate * current, models)
+    if learn_first:
+        first = ~known & reportable & nonempty
+        models = torch.where(first[:, :, None], current, models)
+        known = known | first
     if given is not None and valid is not None:
         fresh = valid[:, :n]
         hidden = hidden & ~fresh

@@ -20,7 +20,7 @@ The tracker's object ids count 1, 2, ... in the order objects are found; they ar
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -119,7 +119,8 @@ class DiscoverTrackSession:
             raise ConfigError(f"the finder must be a zero-shot model; this one is {finder.config.mode}")
         if tracker.config.mode != "one-shot":
             raise ConfigError(f"the tracker must be a one-shot model; this one is {tracker.config.mode}")
-        self.finder = BatchSession(finder, config, capacity)
+        # The finder's masks are hand-over candidates, not output: the appearance check would only withhold them.
+        self.finder = BatchSession(finder, replace(config, appearance=None), capacity)
         self.tracker = BatchSession(with_slots(tracker, discovery.tracker_slots), config, capacity)
         self.config = config
         self.discovery = discovery

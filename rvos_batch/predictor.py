@@ -212,9 +212,9 @@ class BatchSession:
             self.post_stream = torch.cuda.Stream(self.device)
         with torch.inference_mode():
             self.state: RVOSState = model.init_state(self.capacity, device=self.device, dtype=torch.float32)
-        # The appearance check watches slots that were given a mask: one-shot models only.
+        # The appearance check: one-shot slots against their given masks, zero-shot slots against their first masks.
         self.appearance: AppearanceState | None = None
-        if config.appearance is not None and self.one_shot:
+        if config.appearance is not None:
             self.appearance = AppearanceState.empty(self.capacity, self.state.num_slots, config.appearance,
                                                     self.device)
         self._rows: list[_Row | None] = [None] * self.capacity
@@ -400,18 +400,19 @@ class BatchSession:
                 reportable = started & allowed.to(started.device)
                 sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
                 seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
-                                        self.config.appearance)
+                                        self.config.appearance, learn_first=not self.one_shot)
                 if all_rows or pad:  # padding rows report no slot and are given nothing: their state is unchanged
                     new_appearance = seen.state
                 else:
                     new_appearance = self.appearance.scatter_rows(self._index(rows), seen.state)
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
-                if seen.trim is not None and seen.grow is not None and new_sub.prev_masks is not None:
-                    # refined masks, just above the threshold where grown: the output and the mask fed back
+                if seen.trim is not None and seen.grow is not None:
+                    # refined masks, just above the threshold where grown: the output and (one-shot) the mask fed back
                     probs = _refine(probs, seen.trim, seen.grow, self.config.threshold)
-                    fed = new_sub.prev_masks.clone()
-                    fed[:, :n_active] = _refine(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
-                    new_sub = replace(new_sub, prev_masks=fed)
+                    if new_sub.prev_masks is not None:
+                        fed = new_sub.prev_masks.clone()
+                        fed[:, :n_active] = _refine(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
+                        new_sub = replace(new_sub, prev_masks=fed)
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub

@@ -285,8 +285,32 @@ def test_a_snapshot_restores_the_checks_state(monkeypatch):
     assert session.appearance is not None and not session.appearance.known.any(), "a new video starts unknown"
 
 
-def test_zero_shot_sessions_have_no_check():
+def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
+    """Zero-shot: slot 0 (object id 1) always segments the square. Its first mask (the red square) sets its colours;
+    once the square shows background it is left out, and it is back with the object. A DiscoverTrackSession's
+    finder is not checked: its masks are hand-over candidates, not output."""
     torch.manual_seed(0)
     model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="zero-shot", recurrence="ST",
                             input_size=SIZE)).eval()
-    assert BatchSession(model, PredictConfig(), capacity=1).appearance is None
+    step = model.step
+    small = torch.from_numpy(_square())
+
+    def scripted(frames, state, given=None, valid=None, num_active_slots=None):
+        logits, new = step(frames, state, given, valid, num_active_slots=num_active_slots)
+        logits = torch.full_like(logits, -10.0)
+        logits[:, 0][:, small] = 10.0
+        return logits, new
+
+    monkeypatch.setattr(model, "step", scripted)
+    shows = [True, True, False, True]
+    for config, want in ((PredictConfig(), [[1], [1], [], [1]]), (PredictConfig(appearance=None), [[1]] * 4)):
+        session = BatchSession(model, config, capacity=1)
+        session.add(0, "v", ORIG)
+        assert _run(session, {0: shows})[0] == want
+
+    from rvos_batch.discover import DiscoverTrackSession
+
+    tracker = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="one-shot", recurrence="ST",
+                              input_size=SIZE)).eval()
+    both = DiscoverTrackSession(model, tracker, PredictConfig(), capacity=1)
+    assert both.finder.appearance is None and both.tracker.appearance is not None

@@ -104,9 +104,8 @@ class LabelConfig:
 
     @property
     def checks_appearance(self) -> bool:
-        """Whether the appearance check changes this run's output: it is on, and some model follows given masks
-        (one-shot, or a zero-shot run with a tracker)."""
-        return self.appearance_check and (self.mode == "one-shot" or self.tracker is not None)
+        """Whether the appearance check changes this run's output (it checks every mode's written masks)."""
+        return self.appearance_check
 
     def appearance_config(self) -> AppearanceConfig | None:
         """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``."""
