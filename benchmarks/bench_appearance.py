@@ -1,14 +1,14 @@
-"""The appearance check's cost: the shipped one-shot model alone, with and without the check; writes the
+"""The appearance check's cost: the shipped models alone, with and without the check; writes the
 "## Appearance check" section of benchmarks/RESULTS.md.
 
 Run:  nice -n 19 .venv/bin/python benchmarks/bench_appearance.py [--steps 12] [--repeat 3] [--no-write]
 
 Model alone as in bench_model.py (``benchkit.model_alone``: a BatchSession stepping ``--batch`` videos together,
-upload, model step, state update, no decoding, no masks), at the shipped one-shot model's input size, with 5
-prompted objects per video, on the CPU and, where there is one, the GPU. Each configuration is the best of
-``--repeat`` runs of ``--steps`` steps; the two configurations alternate so that load on a shared machine falls on
-both. The frames are real DAVIS object silhouettes from the shared data pasted in colour on a textured background,
-so the check's histograms, ring and refinement see shapes of real size.
+upload, model step, state update, no decoding, no masks), each shipped model at its input size (one-shot: 5
+prompted objects per video; zero-shot: all 8 slots), on the CPU and, where there is one, the GPU. Each
+configuration is the best of ``--repeat`` runs of ``--steps`` steps; the two configurations alternate so that load
+on a shared machine falls on both. The frames are five coloured ellipses moving over a noisy background, so the
+check has masks, rings and colours to work on.
 """
 
 from __future__ import annotations
@@ -53,9 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(host, flush=True)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for device in devices:
-        model, what = benchkit.shipped_model("one-shot", device)
+    models = []
+    for device, mode in [(d, m) for d in devices for m in ("one-shot", "zero-shot")]:
+        model, what = benchkit.shipped_model(mode, device)
         size = model.config.input_size
+        models.append(f"{mode}: {what}, input {size[0]}x{size[1]}")
         frames = frames_of(size, 8)
         for batch in args.batch:
             best: dict[str, tuple[float, float]] = {}
@@ -67,28 +69,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                         best[name] = (fps, cpu_ms)
             (f0, c0), (f1, c1) = best["without"], best["with"]
             ms = 1e3 / f1 - 1e3 / f0
-            rows.append((device, batch, f0, f1, c0, c1, ms))
-            print(f"{device} batch {batch}: {f0:.1f} -> {f1:.1f} frames/s, +{ms:.2f} ms per frame "
+            rows.append((device, mode, batch, f0, f1, c0, c1, ms))
+            print(f"{device} {mode} batch {batch}: {f0:.1f} -> {f1:.1f} frames/s, +{ms:.2f} ms per frame "
                   f"(CPU ms per frame {c0:.1f} -> {c1:.1f})", flush=True)
     if args.no_write:
         return 0
     lines = [
         "## Appearance check",
         "",
-        "The shipped one-shot model alone (`benchkit.model_alone`: upload, model step, state update; no decoding, no "
-        "masks), 5 objects per video, with and without the appearance check (`rvos_batch.appearance`: histograms, "
-        "the ring, the leave-out test and the refinement, all on the model's device at its input size). Best of "
-        "the repeats; the two settings alternate.",
+        "The shipped models alone (`benchkit.model_alone`: upload, model step, state update; no decoding, no "
+        "masks; one-shot with 5 objects per video), with and without the appearance check "
+        "(`rvos_batch.appearance`: histograms, the ring, the leave-out test and the refinement, all on the model's "
+        "device at its input size). Best of the repeats; the two settings alternate.",
         "",
         f"- Machine: {host}",
         f"- Command: `{benchkit.command('bench_appearance.py', argv)}`",
-        f"- Model: {what}, input {size[0]}x{size[1]}",
+        *[f"- Model, {m}" for m in dict.fromkeys(models)],
         "",
-        "| device | videos per step | frames/s without | frames/s with | wall ms per frame added | CPU ms per frame "
-        "without / with |",
-        "|---|---:|---:|---:|---:|---:|",
-        *[f"| {d} | {b} | {f0:.1f} | {f1:.1f} | {ms:+.2f} | {c0:.1f} / {c1:.1f} |"
-          for d, b, f0, f1, c0, c1, ms in rows],
+        "| device | model | videos per step | frames/s without | frames/s with | wall ms per frame added | CPU ms per "
+        "frame without / with |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *[f"| {d} | {m} | {b} | {f0:.1f} | {f1:.1f} | {ms:+.2f} | {c0:.1f} / {c1:.1f} |"
+          for d, m, b, f0, f1, c0, c1, ms in rows],
     ]
     if "cuda" not in devices:
         lines += ["", "- No GPU was available: the GPU rows were not measured. On CUDA the same command adds them."]
