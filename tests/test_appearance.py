@@ -199,11 +199,11 @@ def _square() -> np.ndarray:
     return m
 
 
-def _model_that_keeps_the_square(monkeypatch, region: tuple[slice, slice] = SQUARE) -> RVOS:
-    """A one-shot model whose slot 0 always segments ``region`` (default: the square), as a decoder that keeps
-    feeding its mask back would after the object left; the recurrent state still steps as usual."""
+def _model_that_keeps_the_square(monkeypatch, region: tuple[slice, slice] = SQUARE, mode: str = "one-shot") -> RVOS:
+    """A model whose slot 0 always segments ``region`` (default: the square), as a decoder that keeps feeding its
+    mask back would after the object left; the recurrent state still steps as usual."""
     torch.manual_seed(0)
-    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="one-shot", recurrence="ST",
+    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode=mode, recurrence="ST",
                             input_size=SIZE)).eval()
     step = model.step
     square = torch.zeros(1, 1, *ORIG)
@@ -289,19 +289,7 @@ def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
     """Zero-shot: slot 0 (object id 1) always segments the square. Its first mask (the red square) sets its colours;
     once the square shows background it is left out, and it is back with the object. A DiscoverTrackSession's
     finder is not checked: its masks are hand-over candidates, not output."""
-    torch.manual_seed(0)
-    model = RVOS(RVOSConfig(backbone="mobilenet_v2", hidden=16, num_slots=2, mode="zero-shot", recurrence="ST",
-                            input_size=SIZE)).eval()
-    step = model.step
-    small = torch.from_numpy(_square())
-
-    def scripted(frames, state, given=None, valid=None, num_active_slots=None):
-        logits, new = step(frames, state, given, valid, num_active_slots=num_active_slots)
-        logits = torch.full_like(logits, -10.0)
-        logits[:, 0][:, small] = 10.0
-        return logits, new
-
-    monkeypatch.setattr(model, "step", scripted)
+    model = _model_that_keeps_the_square(monkeypatch, mode="zero-shot")
     shows = [True, True, False, True]
     for config, want in ((PredictConfig(), [[1], [1], [], [1]]), (PredictConfig(appearance=None), [[1]] * 4)):
         session = BatchSession(model, config, capacity=1)
