@@ -59,7 +59,8 @@ class PredictConfig:
     fixed. fixed_batch: always step all ``capacity`` rows (idle rows get a blank frame and keep their state), so
     the compiled shapes never change as videos end. None of these change what a frame's masks are meant to be;
     bfloat16 and compiled kernels round differently from float32. appearance: the appearance check
-    (:mod:`rvos_batch.appearance`) for slots that were given a mask, or None to report every mask the model makes.
+    (:mod:`rvos_batch.appearance`; one-shot slots against their given masks, zero-shot slots against their first
+    masks), or None to report every mask the model makes.
     """
 
     threshold: float = 0.5
@@ -397,7 +398,9 @@ class BatchSession:
                 allowed = torch.zeros(len(step_rows), n_active, dtype=torch.bool)
                 for row, info in zip(rows, infos, strict=True):
                     allowed[step_rows.index(row), : len(info.object_ids)] = True
-                reportable = started & allowed.to(started.device)
+                if self.device.type == "cuda":  # no host sync: the step's kernels may still be running
+                    allowed = allowed.pin_memory()
+                reportable = started & allowed.to(started.device, non_blocking=True)
                 sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
                 seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
                                         self.config.appearance, learn_first=not self.one_shot)

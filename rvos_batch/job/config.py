@@ -133,8 +133,8 @@ def output_fingerprint(
     so that size joins the fingerprint; a run at the model's own size (given or not) keeps the plain fingerprint,
     the one runs made before ``--input-size`` existed. Likewise the tracker's digest, and the hand-over rule's
     settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``, and the
-    appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run it changes
-    (:attr:`LabelConfig.checks_appearance`), so runs it does not touch keep their fingerprint.
+    appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run with the check on
+    (:attr:`LabelConfig.checks_appearance`), so a run with ``--no-appearance-check`` keeps the plain fingerprint.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
