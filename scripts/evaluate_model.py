@@ -43,7 +43,7 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     protocol = "semi-supervised" if mode == "one-shot" else "unsupervised"
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
-    check = cfg.appearance_config() if cfg.checks_appearance else None
+    check = cfg.appearance_config()
     summary.update({"mode": mode, "model": model, "tracker": tracker,
                     "appearance": asdict(check) if check is not None else None,
                     "input_size": list(input_size) if input_size else None,

@@ -102,11 +102,6 @@ class LabelConfig:
 
         return self.prompts or join(self.corpus, "prompts")
 
-    @property
-    def checks_appearance(self) -> bool:
-        """Whether the appearance check changes this run's output (it checks every mode's written masks)."""
-        return self.appearance_check
-
     def appearance_config(self) -> AppearanceConfig | None:
         """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``."""
         if not self.appearance_check:
@@ -134,7 +129,7 @@ def output_fingerprint(
     the one runs made before ``--input-size`` existed. Likewise the tracker's digest, and the hand-over rule's
     settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``, and the
     appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run with the check on
-    (:attr:`LabelConfig.checks_appearance`), so a run with ``--no-appearance-check`` keeps the plain fingerprint.
+    (:meth:`LabelConfig.appearance_config`), so a run with ``--no-appearance-check`` keeps the plain fingerprint.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url

@@ -234,7 +234,7 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         discovery = dataclasses.asdict(DiscoveryConfig())  # the rule the actors' sessions use
         tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
                         "config": tracker_config.to_dict(), "discovery": discovery}
-    check = config.appearance_config() if config.checks_appearance else None  # the actors' appearance check
+    check = config.appearance_config()  # the actors' appearance check, None when off
     appearance = dataclasses.asdict(check) if check is not None else None
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
                                      tracker_sha, discovery, appearance)
