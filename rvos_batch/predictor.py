@@ -391,16 +391,15 @@ class BatchSession:
                 logits, new_sub = self.model.step(batch, sub, given, valid, num_active_slots=n_active)
             probs = torch.sigmoid(logits.float())  # (b, n, h, w)
             started = new_sub.started[:, :n_active]
-            reportable = started
+            allowed = torch.zeros(len(step_rows), n_active, dtype=torch.bool)
+            for row, info in zip(rows, infos, strict=True):  # zero-shot: all slots; one-shot: one per object
+                allowed[step_rows.index(row), : len(info.object_ids)] = True
+            if self.device.type == "cuda":  # no host sync: the step's kernels may still be running
+                allowed = allowed.pin_memory()
+            reportable = started & allowed.to(started.device, non_blocking=True)  # (b, n): slots that may be reported
             new_appearance = None
             if self.appearance is not None:
                 assert self.config.appearance is not None
-                allowed = torch.zeros(len(step_rows), n_active, dtype=torch.bool)
-                for row, info in zip(rows, infos, strict=True):
-                    allowed[step_rows.index(row), : len(info.object_ids)] = True
-                if self.device.type == "cuda":  # no host sync: the step's kernels may still be running
-                    allowed = allowed.pin_memory()
-                reportable = started & allowed.to(started.device, non_blocking=True)
                 sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
                 seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
                                         self.config.appearance, learn_first=not self.one_shot)
@@ -558,12 +557,13 @@ class PendingStep:
     size are upsampled and resolved in one batched call.
     """
 
-    def __init__(self, session: BatchSession, items: list[_Item], probs: Tensor | None, started: Tensor | None,
+    def __init__(self, session: BatchSession, items: list[_Item], probs: Tensor | None, reportable: Tensor | None,
                  event: Any) -> None:
         self._session = session
         self._items = items
         self._probs = probs  # (b, n, h, w) float32 on the device
-        self._started = started  # (b, n) bool: started slots, less those the appearance check leaves out
+        # (b, n) bool: started slots of the row's objects, less those the appearance check leaves out
+        self._reportable = reportable
         self._event = event
         self.rows = [it.row for it in items]
 
@@ -580,14 +580,14 @@ class PendingStep:
     def _run(self, as_rle: bool) -> dict[int, FrameResult] | dict[int, FrameRLE]:
         if not self._items:
             return {}
-        assert self._probs is not None and self._started is not None
+        assert self._probs is not None and self._reportable is not None
         session = self._session
         ctx: Any = contextlib.nullcontext()
         if session.post_stream is not None:
             stream = session.post_stream
             stream.wait_event(self._event)
             self._probs.record_stream(stream)  # the allocator must not hand these blocks out before we are done
-            self._started.record_stream(stream)
+            self._reportable.record_stream(stream)
             ctx = torch.cuda.stream(stream)
         out: dict[int, Any] = {}
         with ctx, torch.inference_mode():
@@ -602,19 +602,15 @@ class PendingStep:
         return out
 
     def _chunk(self, items: list[_Item], size: tuple[int, int], as_rle: bool) -> dict[int, Any]:
-        assert self._probs is not None and self._started is not None
+        assert self._probs is not None and self._reportable is not None
         cfg = self._session.config
-        b, n = self._started.shape
+        b, n = self._reportable.shape
         positions = [it.position for it in items]
         if positions == list(range(b)):
-            probs, started = self._probs, self._started
+            probs, reportable = self._probs, self._reportable
         else:
             idx = torch.tensor(positions, dtype=torch.long).to(self._probs.device)
-            probs, started = self._probs.index_select(0, idx), self._started.index_select(0, idx)
-        allowed = torch.zeros(len(items), n, dtype=torch.bool)
-        for i, it in enumerate(items):
-            allowed[i, : len(it.object_ids)] = True  # zero-shot: all slots; one-shot: one per prompted object
-        reportable = started & allowed.to(started.device)
+            probs, reportable = self._probs.index_select(0, idx), self._reportable.index_select(0, idx)
         masks, area, score = resolve_masks(probs, reportable, size, cfg.threshold)
         keep = (area >= cfg.min_area) & reportable  # (g, n)
         keep_np = keep.cpu().numpy()

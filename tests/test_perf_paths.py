@@ -168,10 +168,10 @@ def test_batched_resolution_equals_postprocess_and_rles_equal_masks(mode):
             else:
                 assert enc.counts == [] and enc.areas.shape == (0,) and enc.boxes.shape == (0, 4)
         # the batched core equals the one-frame postprocess on each row's probabilities
-        probs, started = pending._probs, pending._started
+        probs, reportable = pending._probs, pending._reportable
         for it in pending._items:
             n = len(it.object_ids)
-            single = postprocess(probs[it.position, :n], started[it.position, :n], it.object_ids, it.size,
+            single = postprocess(probs[it.position, :n], reportable[it.position, :n], it.object_ids, it.size,
                                  it.frame_index, threshold=0.5, min_area=3)
             res = results[it.row]
             np.testing.assert_array_equal(single.object_ids, res.object_ids)
