@@ -87,7 +87,8 @@ class CheckResult(NamedTuple):
 
 class AppearanceState(NamedTuple):
     """Per batch row and slot: the object's colour histogram (b, n, bins**3), summing to 1 where ``known``, and
-    ``known`` (b, n) bool: the slot was given a mask, so it has a histogram to check against."""
+    ``known`` (b, n) bool: the slot has a histogram to check against (from its given mask, or for zero-shot slots
+    from its first mask)."""
 
     models: Tensor
     known: Tensor
@@ -107,10 +108,9 @@ class AppearanceState(NamedTuple):
         return AppearanceState(models, known)
 
     def reset_rows(self, rows: Tensor) -> AppearanceState:
-        models, known = self.models.clone(), self.known.clone()
-        models[rows] = 0.0
-        known[rows] = False
-        return AppearanceState(models, known)
+        m = len(rows)
+        return self.scatter_rows(rows, AppearanceState(self.models.new_zeros(m, *self.models.shape[1:]),
+                                                       self.known.new_zeros(m, *self.known.shape[1:])))
 
 
 def colour_bins(frames: Tensor, bins: int) -> Tensor:
