@@ -137,7 +137,7 @@ def profile(worker: ShardWorker, spec: ShardSpec, reader: CorpusReader, frames: 
     cfg = worker.predict_config
     for i in range(0, min(len(tensors), 8 * b) - b + 1, b):
         pending = session.step_async({row: (i // b, tensors[i + row]) for row in range(b)})
-        probs, started = pending._probs, pending._started
+        probs, started = pending._probs, pending._reportable
         assert probs is not None and started is not None
 
         def resolve(probs: torch.Tensor = probs, started: torch.Tensor = started) -> np.ndarray:
