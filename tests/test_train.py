@@ -56,6 +56,54 @@ def _cfg(data, out, **kw):
     return TrainConfig(**base)
 
 
+def _make_youtube_vos(root, videos=3, frames=16, size=(48, 80)):
+    """A YouTube-VOS ``train_all_frames``-style split folder: every frame's JPEG, an annotation every 5th frame
+    (00000, 00005, ...), meta.json with categories. Objects move 1 pixel a frame."""
+    h, w = size
+    rng = np.random.default_rng(1)
+    meta = {"videos": {}}
+    for v in range(videos):
+        name = f"yt{v:03d}"
+        (root / "JPEGImages" / name).mkdir(parents=True)
+        (root / "Annotations" / name).mkdir(parents=True)
+        for t in range(frames):
+            ids = np.zeros((h, w), np.uint8)
+            ids[5 + t // 2 : 20 + t // 2, 10 + t : 30 + t] = 1
+            ids[28:42, 60 - t : 75 - t] = 3  # YouTube-VOS ids need not be consecutive
+            rgb = rng.integers(0, 60, (h, w, 3), dtype=np.uint8)
+            rgb[ids == 1] = (200, 40, 40)
+            rgb[ids == 3] = (40, 40, 200)
+            Image.fromarray(rgb).save(root / "JPEGImages" / name / f"{t:05d}.jpg")
+            if t % 5 == 0:
+                (root / "Annotations" / name / f"{t:05d}.png").write_bytes(encode_palette_png(ids))
+        annotated = [f"{t:05d}" for t in range(0, frames, 5)]
+        meta["videos"][name] = {"objects": {"1": {"category": "cat", "frames": annotated},
+                                            "3": {"category": "dog", "frames": annotated}}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["zero-shot", "one-shot"])
+def test_train_reads_a_youtube_vos_split_folder(tmp_path, mode):
+    """DATA may be a YouTube-VOS split folder as downloaded: it trains on the annotated frames (every 5th) only."""
+    from rvos_batch.vosdata import ClipDataset, detect_layout, list_videos, load_video
+
+    data = _make_youtube_vos(tmp_path / "train_all_frames")
+    assert detect_layout(data) == "youtube-vos"
+    videos = list_videos(data)
+    assert [v.name for v in videos] == ["yt000", "yt001", "yt002"]
+    assert [a is not None for a in videos[0].annotations] == [t % 5 == 0 for t in range(16)]
+    images, labels = load_video(videos[0], (48, 80))
+    assert images.shape == (4, 48, 80, 3) and set(np.unique(labels)) == {0, 1, 3}
+    item = ClipDataset(videos, (48, 80), clip_len=3, max_objects=3, augment=False)[0]
+    assert item["present"][:, :2].all() and not item["present"][:, 2].any()  # ids 1 and 3 -> the first two slots
+    out = tmp_path / "run"
+    metrics = train(_cfg(data, out, mode=mode, iters=2, val_every=1), progress=False)
+    assert np.isfinite(metrics["best_val_soft_iou"])
+    _, config, extra = load_checkpoint(out / "best.pt")
+    assert config.mode == mode and extra["step"] in (1, 2)
+
+
 @pytest.mark.parametrize("mode,stage", [("zero-shot", 1), ("one-shot", 1), ("one-shot", 2)])
 def test_train_writes_checkpoints_and_log(tmp_path, mode, stage):
     data = _make_davis(tmp_path / "davis")
