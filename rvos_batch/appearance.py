@@ -229,6 +229,13 @@ def check(
     return CheckResult(hidden, trim, grow, AppearanceState(new_models, new_known))
 
 
+def refine_probs(probs: Tensor, trim: Tensor, grow: Tensor, threshold: float) -> Tensor:
+    """Probabilities (b, n, h, w) with ``trim`` pixels set to 0 and ``grow`` pixels raised just above ``threshold``:
+    a :class:`CheckResult`'s refinement applied to the output or to the masks fed back."""
+    raised = torch.where(grow, probs.clamp(min=threshold + 0.01), probs)
+    return raised.masked_fill(trim, 0.0)
+
+
 def majority(flags: Tensor) -> Tensor:
     """(..., h, w) bool -> the same shape: True where more than half of the pixel's 3x3 neighbourhood (the part
     inside the frame) is True. Sums of shifted uint8 planes: no float copy of the masks."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_batch import rle, rle_torch
-from rvos_batch.appearance import AppearanceConfig, AppearanceState
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_probs
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState
@@ -410,10 +410,10 @@ class BatchSession:
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
                 if seen.trim is not None and seen.grow is not None:
                     # refined masks, just above the threshold where grown: the output and (one-shot) the mask fed back
-                    probs = _refine(probs, seen.trim, seen.grow, self.config.threshold)
+                    probs = refine_probs(probs, seen.trim, seen.grow, self.config.threshold)
                     if new_sub.prev_masks is not None:
                         fed = new_sub.prev_masks.clone()
-                        fed[:, :n_active] = _refine(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
+                        fed[:, :n_active] = refine_probs(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
                         new_sub = replace(new_sub, prev_masks=fed)
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
@@ -766,12 +766,6 @@ def _resolve_masks_cropped(
             total[i, slot] = float(up[m].sum(dtype=np.float64))
     score = torch.from_numpy((total / np.maximum(area, 1)).astype(np.float32))
     return torch.from_numpy(masks), torch.from_numpy(area), score
-
-
-def _refine(probs: Tensor, trim: Tensor, grow: Tensor, threshold: float) -> Tensor:
-    """Probabilities (b, n, h, w) with ``trim`` pixels set to 0 and ``grow`` pixels raised just above ``threshold``."""
-    raised = torch.where(grow, probs.clamp(min=threshold + 0.01), probs)
-    return raised.masked_fill(trim, 0.0)
 
 
 def _merge_rows(old: RVOSState, new: RVOSState, present: Tensor) -> RVOSState:

@@ -26,6 +26,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_probs
+from rvos_batch.appearance import check as appearance_check
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
 from rvos_batch.model.config import RVOSConfig
@@ -56,6 +58,7 @@ class TrainConfig:
     input_size: tuple[int, int] | None = None
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
+    appearance_check: bool = False  # stage 2: feed back masks refined by the appearance check, as labeling does
     batch_size: int = 4
     iters: int = 10_000
     lr: float = 1e-3
@@ -77,6 +80,8 @@ class TrainConfig:
             raise RvosBatchError(f"--stage must be 1 or 2, got {self.stage}")
         if self.stage == 2 and self.mode != "one-shot":
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
+        if self.appearance_check and self.stage != 2:
+            raise RvosBatchError("--appearance-check (refining the fed-back masks) is for --mode one-shot --stage 2")
         if self.match and self.mode != "one-shot":
             raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -84,6 +89,7 @@ class TrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+THRESHOLD = 0.5  # a mask's pixels are those above this probability, as PredictConfig.threshold
 # The model shape of a run from scratch when not given: the paper's input size, hidden 128, 10 slots.
 MODEL_DEFAULTS: dict[str, Any] = {
     "backbone": "mobilenet_v2", "recurrence": "ST", "hidden": 128, "num_slots": 10, "input_size": (256, 448)}
@@ -189,7 +195,7 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
         k_used = int(present.any(1).any(0).nonzero().max().item()) + 1 if present.any() else 1
         masks, present = masks[:, :, :k_used], present[:, :, :k_used]
         given, valid, counted = one_shot_inputs(masks, present, cfg.stage)
-        logits, _ = model(images, given_masks=given, given_valid=valid)  # (B, T, K, H, W)
+        logits = _one_shot_logits(model, images, given, valid, cfg.appearance_check)  # (B, T, K, H, W)
         per = soft_iou_loss(logits, masks, weight)  # (B, T, K)
         pairs = counted.any(1)  # (B, K): objects of each clip
         frames_loss = (per * counted).sum(1)  # summed over frames
@@ -205,6 +211,32 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
         per = soft_iou_loss(logits[b][:, s], masks[b][:, o], weight[b])  # (T, n)
         losses.append(per.sum(0))
     return torch.cat(losses).mean() if losses else logits.sum() * 0
+
+
+def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, checked: bool) -> Tensor:
+    """One-shot logits (B, T, K, H, W) of a clip. ``checked``: between frames, the fed-back masks are refined by
+    the appearance check (:mod:`rvos_batch.appearance`, default settings) exactly as ``BatchSession`` refines
+    them at labeling time, each object's colours taken from its given mask. The refinement is not differentiated
+    (stage 2 feeds back detached masks anyway)."""
+    if not checked:
+        return model(images, given_masks=given, given_valid=valid)[0]
+    b, t, k = given.shape[:3]
+    config = AppearanceConfig()
+    state = model.init_state(b, device=images.device, image_size=(images.shape[-2], images.shape[-1]), num_slots=k)
+    seen_state = AppearanceState.empty(b, k, config, images.device)
+    outputs = []
+    for i in range(t):
+        logits, state = model.step(images[:, i], state, given[:, i], valid[:, i])
+        with torch.no_grad():
+            probs = torch.sigmoid(logits.detach().float())
+            seen = appearance_check(images[:, i], probs, state.started, THRESHOLD, given[:, i], valid[:, i],
+                                    seen_state, config)
+            seen_state = seen.state
+            if seen.trim is not None and seen.grow is not None and state.prev_masks is not None:
+                fed = refine_probs(state.prev_masks, seen.trim, seen.grow, THRESHOLD)
+                state = replace(state, prev_masks=fed.to(state.prev_masks.dtype))
+        outputs.append(logits)
+    return torch.stack(outputs, dim=1)
 
 
 @torch.no_grad()
@@ -225,7 +257,7 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
         weight = (lab != 255).float()[None, :, None]
         if cfg.mode == "one-shot":
             given, valid, counted = one_shot_inputs(masks, present, stage=2)
-            logits, _ = model(img, given_masks=given, given_valid=valid)
+            logits = _one_shot_logits(model, img, given, valid, cfg.appearance_check)
             per = 1 - soft_iou_loss(logits, masks, weight)
             scores.append(float((per * counted).sum() / counted.sum().clamp(min=1)))
         else:

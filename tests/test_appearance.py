@@ -302,3 +302,37 @@ def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
                               input_size=SIZE)).eval()
     both = DiscoverTrackSession(model, tracker, PredictConfig(), capacity=1)
     assert both.finder.appearance is None and both.tracker.appearance is not None
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch, checked):
+    """`train --appearance-check` (stage 2) refines the fed-back masks between frames as a labeling session does:
+    the masks going into each frame are the session's. Without the flag they are the model's own."""
+    from rvos_batch.train import _one_shot_logits
+
+    left = (SQUARE[0], slice(24, 40))
+    model = _model_that_keeps_the_square(monkeypatch, left)
+    scripted, seen = model.step, []
+
+    def recording(frames, state, given=None, valid=None, num_active_slots=None):
+        seen.append(state.prev_masks[:, 0].clone())  # slot 0's mask going into this frame
+        return scripted(frames, state, given, valid, num_active_slots=num_active_slots)
+
+    monkeypatch.setattr(model, "step", recording)
+    frames = [preprocess(_frame(True, seed=t), SIZE) for t in range(3)]
+    session = BatchSession(model, PredictConfig(), capacity=1)
+    session.add(0, "v", ORIG, {0: {7: _square()}})
+    for t, frame in enumerate(frames):
+        session.step({0: (t, frame)})
+    labeling, seen[:] = list(seen), []
+
+    images = torch.stack(frames).float().div(255.0)[None]  # (1, T, 3, H, W)
+    given = torch.zeros(1, 3, 1, *SIZE)
+    given[0, 0, 0] = torch.from_numpy(_square()).float()
+    valid = torch.zeros(1, 3, 1, dtype=torch.bool)
+    valid[0, 0, 0] = True
+    with torch.no_grad():
+        _one_shot_logits(model, images, given, valid, checked=checked)
+    assert len(seen) == len(labeling) == 3
+    assert torch.equal(seen[1], labeling[1]), "after the prompt frame both feed back the given mask"
+    assert torch.equal(seen[2], labeling[2]) == checked, "the refined mask (grown to the square) goes into frame 2"

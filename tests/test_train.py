@@ -308,3 +308,10 @@ def test_an_addition_is_put_on_top_of_a_trained_model(tmp_path, addition):
 def test_matching_is_for_one_shot_runs(tmp_path):
     with pytest.raises(RvosBatchError, match="--match .* is for --mode one-shot"):
         _cfg(tmp_path, tmp_path / "out", mode="zero-shot", match=True)
+
+
+def test_the_appearance_check_is_for_one_shot_stage_2(tmp_path):
+    for kw in (dict(mode="zero-shot"), dict(mode="one-shot", stage=1)):
+        with pytest.raises(RvosBatchError, match="--appearance-check .* is for --mode one-shot --stage 2"):
+            _cfg(tmp_path, tmp_path / "out", appearance_check=True, **kw)
+    assert _cfg(tmp_path, tmp_path / "out", mode="one-shot", stage=2, appearance_check=True).appearance_check
