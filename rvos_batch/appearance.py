@@ -236,6 +236,16 @@ def refine_probs(probs: Tensor, trim: Tensor, grow: Tensor, threshold: float) ->
     return raised.masked_fill(trim, 0.0)
 
 
+def refine_fed(prev_masks: Tensor, result: CheckResult, threshold: float) -> Tensor:
+    """The masks fed back to the next frame (b, S, H, W), with the first n slots (the checked ones) refined by
+    ``result`` as the output is; ``prev_masks`` itself is left as it is."""
+    assert result.trim is not None and result.grow is not None
+    n = result.trim.shape[1]
+    fed = prev_masks.clone()
+    fed[:, :n] = refine_probs(prev_masks[:, :n], result.trim, result.grow, threshold).to(fed.dtype)
+    return fed
+
+
 def majority(flags: Tensor) -> Tensor:
     """(..., h, w) bool -> the same shape: True where more than half of the pixel's 3x3 neighbourhood (the part
     inside the frame) is True. Sums of shifted uint8 planes: no float copy of the masks."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_batch import rle, rle_torch
-from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_probs
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_fed, refine_probs
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState
@@ -412,8 +412,7 @@ class BatchSession:
                     # refined masks, just above the threshold where grown: the output and (one-shot) the mask fed back
                     probs = refine_probs(probs, seen.trim, seen.grow, self.config.threshold)
                     if new_sub.prev_masks is not None:
-                        fed = new_sub.prev_masks.clone()
-                        fed[:, :n_active] = refine_probs(fed[:, :n_active], seen.trim, seen.grow, self.config.threshold)
+                        fed = refine_fed(new_sub.prev_masks, seen, self.config.threshold)
                         new_sub = replace(new_sub, prev_masks=fed)
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:

@@ -26,13 +26,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_probs
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_fed
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
 from rvos_batch.model.config import RVOSConfig
 from rvos_batch.model.encoder import load_backbone_weights, mobilenet_v2_weights_path
 from rvos_batch.model.rvos import RVOS
+from rvos_batch.predictor import PredictConfig
 from rvos_batch.vosdata import ClipDataset, VOSVideo, list_videos, load_video
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ class TrainConfig:
 
 
 LR_SCHEDULES = ("constant", "cosine")
-THRESHOLD = 0.5  # a mask's pixels are those above this probability, as PredictConfig.threshold
 # The model shape of a run from scratch when not given: the paper's input size, hidden 128, 10 slots.
 MODEL_DEFAULTS: dict[str, Any] = {
     "backbone": "mobilenet_v2", "recurrence": "ST", "hidden": 128, "num_slots": 10, "input_size": (256, 448)}
@@ -221,7 +221,7 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, 
     if not checked:
         return model(images, given_masks=given, given_valid=valid)[0]
     b, t, k = given.shape[:3]
-    config = AppearanceConfig()
+    config, threshold = AppearanceConfig(), PredictConfig().threshold  # labeling's defaults
     state = model.init_state(b, device=images.device, image_size=(images.shape[-2], images.shape[-1]), num_slots=k)
     seen_state = AppearanceState.empty(b, k, config, images.device)
     outputs = []
@@ -229,12 +229,11 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, 
         logits, state = model.step(images[:, i], state, given[:, i], valid[:, i])
         with torch.no_grad():
             probs = torch.sigmoid(logits.detach().float())
-            seen = appearance_check(images[:, i], probs, state.started, THRESHOLD, given[:, i], valid[:, i],
+            seen = appearance_check(images[:, i], probs, state.started, threshold, given[:, i], valid[:, i],
                                     seen_state, config)
             seen_state = seen.state
             if seen.trim is not None and seen.grow is not None and state.prev_masks is not None:
-                fed = refine_probs(state.prev_masks, seen.trim, seen.grow, THRESHOLD)
-                state = replace(state, prev_masks=fed.to(state.prev_masks.dtype))
+                state = replace(state, prev_masks=refine_fed(state.prev_masks, seen, threshold))
         outputs.append(logits)
     return torch.stack(outputs, dim=1)
 
