@@ -73,6 +73,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 0  # torch threads; 0 keeps torch's default
+    workers: int = 0  # clip-loading worker processes; 0 loads clips in the training process (same clips either way)
 
     def __post_init__(self) -> None:
         if self.mode not in ("zero-shot", "one-shot"):
@@ -87,6 +88,8 @@ class TrainConfig:
             raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
             raise RvosBatchError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise RvosBatchError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -410,11 +413,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                    disable=not progress, dynamic_ncols=True)
         running = None
         base_lrs = [g["lr"] for g in _param_groups(model, cfg)]
+        batches = iter(clip_batches(data, cfg.batch_size, start, cfg.iters, cfg.workers, pin=device.type == "cuda"))
         for step in bar:
             for group, base in zip(opt.param_groups, base_lrs, strict=True):
                 group["lr"] = base * lr_factor(cfg.lr_schedule, step, cfg.iters)
-            items = [data[step * cfg.batch_size + i] for i in range(cfg.batch_size)]
-            batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
             loss = clip_loss(model, batch, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -439,6 +442,26 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                                  f"{time.perf_counter() - t0:.1f}"])
                 f.flush()
     return {"step": cfg.iters, "best_val_soft_iou": best, "seconds": time.perf_counter() - t0}
+
+
+def clip_batches(data: ClipDataset, batch_size: int, start: int, stop: int, workers: int = 0,
+                 pin: bool = False) -> Any:
+    """The batches of steps ``start``..``stop - 1``: step s stacks clips ``s * batch_size`` .. ``+ batch_size - 1``.
+
+    A clip is a function of its index (``ClipDataset`` seeds each one), so the batches are the same for any number
+    of ``workers`` (worker processes that decode and augment ahead of the training step, as a GPU needs), up to
+    float rounding (a worker computes with one thread), and a resumed run continues on the same batches. ``pin``:
+    page-locked memory, for copies to a GPU.
+    """
+    if workers == 0:
+        def steps() -> Any:
+            for step in range(start, stop):
+                items = [data[step * batch_size + i] for i in range(batch_size)]
+                yield {k: torch.stack([it[k] for it in items]) for k in items[0]}
+        return steps()
+    indices = list(range(start * batch_size, stop * batch_size))
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, sampler=indices, num_workers=workers,
+                                       pin_memory=pin, prefetch_factor=4)
 
 
 def _plain(cfg: TrainConfig) -> dict:

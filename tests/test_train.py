@@ -15,6 +15,7 @@ from rvos_batch.imaging import encode_palette_png
 from rvos_batch.model.checkpoint import load_checkpoint
 from rvos_batch.train import (
     TrainConfig,
+    clip_batches,
     lr_factor,
     match_slots,
     one_shot_inputs,
@@ -132,6 +133,38 @@ def test_resume_continues_from_last_step(tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # no step trained twice
     _, _, extra = load_checkpoint(out / "last.pt")
     assert extra["step"] == 4
+
+
+def test_worker_processes_load_the_same_clips_and_train_the_same_model(tmp_path):
+    data = _make_davis(tmp_path / "davis")
+    from rvos_batch.train import _split
+    from rvos_batch.vosdata import ClipDataset
+
+    videos, _ = _split(_cfg(data, tmp_path / "x"))
+    clips = ClipDataset(videos, (48, 80), 3, 3, augment=True, length=20, seed=5, colour=True)
+    inline = list(clip_batches(clips, 2, 1, 5))
+    loaded = list(clip_batches(clips, 2, 1, 5, workers=2))
+    assert len(inline) == len(loaded) == 4
+    for a, b in zip(inline, loaded, strict=True):
+        assert a.keys() == b.keys()
+        for k in ("masks", "void", "present"):
+            assert torch.equal(a[k], b[k]), k
+        # a worker computes with one thread, so a float may round differently in its last bit
+        torch.testing.assert_close(a["images"], b["images"], rtol=0, atol=1e-6)
+    assert not torch.equal(inline[0]["images"], inline[1]["images"])  # steps differ: the test can tell them apart
+
+    logs, weights = [], []
+    for workers in (0, 2):
+        out = tmp_path / f"run{workers}"
+        train(_cfg(data, out, mode="one-shot", iters=3, val_every=3, color_aug=True, workers=workers), progress=False)
+        logs.append([float(r["loss"]) for r in csv.DictReader(open(out / "log.csv"))])
+        weights.append(load_checkpoint(out / "last.pt")[0].state_dict())
+    assert len(logs[0]) == 3
+    np.testing.assert_allclose(logs[0], logs[1], rtol=1e-4)
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-3, atol=1e-5)
+    with pytest.raises(RvosBatchError, match="--workers"):
+        _cfg(data, tmp_path / "y", workers=-1)
 
 
 def test_init_and_resume_train_the_model_at_its_own_shape(tmp_path):

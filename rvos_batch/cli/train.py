@@ -51,6 +51,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-split", default="train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="clip-loading worker processes, so a GPU is not kept waiting on JPEG decoding and "
+                        "augmentation (0: load in the training process; the clips are the same either way)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         clip_len=args.clip_len, color_aug=args.color_aug, appearance_check=args.appearance_check,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
-        train_split=args.train_split, seed=args.seed, threads=args.threads,
+        train_split=args.train_split, seed=args.seed, threads=args.threads, workers=args.workers,
     )
     print(json.dumps(train(cfg)))
     return 0
