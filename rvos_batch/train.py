@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
@@ -61,7 +60,6 @@ class TrainConfig:
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
     appearance_check: bool = False  # stage 2: feed back masks refined by the appearance check, as labeling does
-    prompt_noise: float = 0.0  # one-shot: chance that an object's given mask is coarsened (see degrade_prompts)
     batch_size: int = 4
     iters: int = 10_000
     lr: float = 1e-3
@@ -86,10 +84,6 @@ class TrainConfig:
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
         if self.appearance_check and self.stage != 2:
             raise RvosBatchError("--appearance-check (refining the fed-back masks) is for --mode one-shot --stage 2")
-        if not isinstance(self.prompt_noise, (int, float)) or not 0.0 <= float(self.prompt_noise) <= 1.0:
-            raise RvosBatchError(f"--prompt-noise must be a number in [0, 1], got {self.prompt_noise!r}")
-        if self.prompt_noise and self.mode != "one-shot":
-            raise RvosBatchError("--prompt-noise (coarsening the given masks) is for --mode one-shot")
         if self.match and self.mode != "one-shot":
             raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -197,49 +191,6 @@ def one_shot_inputs(masks: Tensor, present: Tensor, stage: int) -> tuple[Tensor,
     return given, valid, appeared
 
 
-def degrade_prompts(given: Tensor, first: Tensor, prob: float, generator: torch.Generator | None = None) -> Tensor:
-    """``given`` (B, T, K, H, W) with each object's mask at its first frame (``first`` (B, T, K)) coarsened with
-    chance ``prob``, as the hand-overs of a ``--tracker`` run are: a zero-shot mask from a decoder state at a
-    quarter of a smaller input, upsampled, and often covering only part of its object. Per call, one factor f in
-    4..8 and one radius r in -2..2: the mask is area-pooled by f, upsampled bilinearly and thresholded at 0.5, then
-    grown (r > 0) or shrunk (r < 0) by r pixels. Half of the coarsened masks are also cut by a random straight line
-    past their centroid, keeping between half and all of them. A mask that would come out empty stays as it was.
-    The loss still scores the ground truth, so the model learns to follow the whole object a coarse or partial
-    prompt points at (not in the paper)."""
-    b, t, k, h, w = given.shape
-    pick = first & (torch.rand(first.shape, generator=generator, device=first.device) < prob)
-    if prob <= 0 or not pick.any():
-        return given
-    f = int(torch.randint(4, 9, (1,), generator=generator))
-    r = int(torch.randint(-2, 3, (1,), generator=generator))
-    m = given[pick].float()[:, None]  # (N, 1, H, W)
-    small = F.interpolate(m, size=(max(1, h // f), max(1, w // f)), mode="area")
-    out = (F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False) > 0.5).float()
-    if r > 0:
-        out = F.max_pool2d(out, 2 * r + 1, stride=1, padding=r)
-    elif r < 0:
-        out = 1 - F.max_pool2d(1 - out, -2 * r + 1, stride=1, padding=-r)
-    n = out.shape[0]
-    yy, xx = torch.meshgrid(torch.arange(h, device=out.device, dtype=out.dtype),
-                            torch.arange(w, device=out.device, dtype=out.dtype), indexing="ij")
-    area = out.flatten(1).sum(1).clamp(min=1)
-    cy = (out[:, 0] * yy).flatten(1).sum(1) / area
-    cx = (out[:, 0] * xx).flatten(1).sum(1) / area
-    angle = torch.rand(n, generator=generator, device=out.device) * (2 * math.pi)
-    sin, cos = torch.sin(angle)[:, None, None], torch.cos(angle)[:, None, None]
-    proj = (yy - cy[:, None, None]) * sin + (xx - cx[:, None, None]) * cos  # signed distance across the line
-    spread = ((proj**2) * out[:, 0]).flatten(1).sum(1).div(area).sqrt()  # the mask's extent across the line
-    offset = -torch.rand(n, generator=generator, device=out.device) * 2 * spread  # keep from half to all
-    cut = torch.rand(n, generator=generator, device=out.device) < 0.5
-    keep = (proj >= offset[:, None, None]) | ~cut[:, None, None]
-    out = out * keep[:, None].to(out.dtype)
-    empty = out.flatten(1).sum(1) == 0
-    out[empty] = m[empty]
-    given = given.clone()
-    given[pick] = out[:, 0].to(given.dtype)
-    return given
-
-
 def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor:
     images, masks, present = batch["images"], batch["masks"], batch["present"]
     weight = (~batch["void"]).float()[:, :, None]  # (B, T, 1, H, W)
@@ -247,10 +198,6 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
         k_used = int(present.any(1).any(0).nonzero().max().item()) + 1 if present.any() else 1
         masks, present = masks[:, :, :k_used], present[:, :, :k_used]
         given, valid, counted = one_shot_inputs(masks, present, cfg.stage)
-        if cfg.prompt_noise:
-            appeared = present.cumsum(1) > 0
-            first = appeared & ~torch.cat([torch.zeros_like(appeared[:, :1]), appeared[:, :-1]], 1)
-            given = degrade_prompts(given, first, cfg.prompt_noise)
         logits = _one_shot_logits(model, images, given, valid, cfg.appearance_check)  # (B, T, K, H, W)
         per = soft_iou_loss(logits, masks, weight)  # (B, T, K)
         pairs = counted.any(1)  # (B, K): objects of each clip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from rvos_batch.model.checkpoint import load_checkpoint
 from rvos_batch.train import (
     TrainConfig,
     clip_batches,
-    degrade_prompts,
     lr_factor,
     match_slots,
     one_shot_inputs,
@@ -350,49 +348,3 @@ def test_the_appearance_check_is_for_one_shot_stage_2(tmp_path):
         with pytest.raises(RvosBatchError, match="--appearance-check .* is for --mode one-shot --stage 2"):
             _cfg(tmp_path, tmp_path / "out", appearance_check=True, **kw)
     assert _cfg(tmp_path, tmp_path / "out", mode="one-shot", stage=2, appearance_check=True).appearance_check
-
-
-def test_prompt_noise_coarsens_the_given_masks_only(tmp_path):
-    given = torch.zeros(6, 3, 2, 96, 160)
-    given[:, 0, 0, 20:60, 30:90] = 1  # object 0 given at frame 0
-    given[:, 1, 1, 50:80, 100:140] = 1  # object 1 enters at frame 1
-    given[:, 2, 0, 22:62, 32:92] = 1  # stage 1: a previous frame's ground truth, not a prompt
-    first = torch.zeros(6, 3, 2, dtype=torch.bool)
-    first[:, 0, 0] = first[:, 1, 1] = True
-    gen = torch.Generator().manual_seed(0)
-    assert degrade_prompts(given, first, 0.0, gen) is given
-    changed = 0
-    for _ in range(5):
-        out = degrade_prompts(given, first, 1.0, gen)
-        assert torch.equal(out[~first], given[~first])  # nothing but the prompts moves
-        assert set(out.unique().tolist()) <= {0.0, 1.0}
-        a, b = out[first].flatten(1), given[first].flatten(1)
-        iou = (a * b).sum(1) / ((a + b) > 0).sum(1)
-        assert bool((a.sum(1) > 0).all()) and bool((iou > 0.3).all()), iou
-        changed += int((iou < 0.99).sum())
-    assert changed >= 40  # of 60 prompts: coarsening moves nearly every one
-    out = degrade_prompts(given, first, 0.5, torch.Generator().manual_seed(1))
-    kept = (out[first] == given[first]).flatten(1).all(1)
-    assert 0 < int(kept.sum()) < 12  # about half are left as given
-
-    with pytest.raises(RvosBatchError, match="--prompt-noise"):
-        _cfg(tmp_path, tmp_path / "x", mode="zero-shot", prompt_noise=0.5)
-    with pytest.raises(RvosBatchError, match="--prompt-noise"):
-        _cfg(tmp_path, tmp_path / "x", mode="one-shot", prompt_noise=1.5)
-    data = _make_davis(tmp_path / "davis")
-    train(_cfg(data, tmp_path / "s1", mode="one-shot", iters=2, prompt_noise=1.0), progress=False)
-    assert (tmp_path / "s1" / "best.pt").exists()
-
-    # the loss sees the coarsened prompts
-    from rvos_batch.train import _split, build_model, clip_loss
-    from rvos_batch.vosdata import ClipDataset
-
-    cfg = resolve_model_fields(_cfg(data, tmp_path / "y", mode="one-shot", stage=2), None)
-    torch.manual_seed(0)
-    model = build_model(cfg, torch.device("cpu")).eval()
-    clips = ClipDataset(_split(cfg)[0], (48, 80), 3, 3, augment=False, length=2)
-    batch = next(iter(clip_batches(clips, 2, 0, 1)))
-    with torch.no_grad():
-        clean = [float(clip_loss(model, batch, replace(cfg, prompt_noise=p))) for p in (0.0, 0.0)]
-        noisy = float(clip_loss(model, batch, replace(cfg, prompt_noise=1.0)))
-    assert clean[0] == clean[1] and noisy != clean[0]

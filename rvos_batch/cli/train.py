@@ -40,9 +40,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--appearance-check", action="store_true",
                    help="one-shot --stage 2: refine the fed-back masks by the appearance check between frames, as "
                         "labeling does (not in the paper; see rvos_batch.appearance)")
-    p.add_argument("--prompt-noise", type=float, default=0.0, metavar="P",
-                   help="one-shot: chance that an object's given mask is coarsened, as a --tracker run's hand-overs "
-                        "are, so the model learns to follow coarse prompts (not in the paper; default 0)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--iters", type=int, default=10_000)
     p.add_argument("--lr", type=float, default=1e-3, help="decoder and projections")
@@ -68,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
         recurrence=args.recurrence, refine=args.refine, match=args.match, hidden=args.hidden, num_slots=args.slots,
         input_size=args.input_size,
         clip_len=args.clip_len, color_aug=args.color_aug, appearance_check=args.appearance_check,
-        prompt_noise=args.prompt_noise,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
         train_split=args.train_split, seed=args.seed, threads=args.threads, workers=args.workers,
