@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -445,16 +446,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
 
 def clip_batches(data: ClipDataset, batch_size: int, start: int, stop: int, workers: int = 0,
-                 pin: bool = False) -> Any:
+                 pin: bool = False) -> Iterable[dict[str, Tensor]]:
     """The batches of steps ``start``..``stop - 1``: step s stacks clips ``s * batch_size`` .. ``+ batch_size - 1``.
 
     A clip is a function of its index (``ClipDataset`` seeds each one), so the batches are the same for any number
     of ``workers`` (worker processes that decode and augment ahead of the training step, as a GPU needs), up to
-    float rounding (a worker computes with one thread), and a resumed run continues on the same batches. ``pin``:
-    page-locked memory, for copies to a GPU.
+    float rounding (a worker computes with one thread), and a resumed run continues on the same batches. Each
+    worker keeps its own decoded copy of the videos it reads. ``pin``: page-locked memory, for copies to a GPU.
     """
     if workers == 0:
-        def steps() -> Any:
+        def steps() -> Iterator[dict[str, Tensor]]:
             for step in range(start, stop):
                 items = [data[step * batch_size + i] for i in range(batch_size)]
                 yield {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -53,7 +53,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--workers", type=int, default=0,
                    help="clip-loading worker processes, so a GPU is not kept waiting on JPEG decoding and "
-                        "augmentation (0: load in the training process; the clips are the same either way)")
+                        "augmentation; each keeps its own decoded copy of the videos it reads (0: load in the training "
+                        "process; the clips are the same either way)")
 
 
 def run(args: argparse.Namespace) -> int:
