@@ -195,6 +195,15 @@ def add_threads_option(p: Any) -> None:
                    help="torch intra-op threads (default 1: a CPU actor with 1 CPU runs 1; 0 keeps torch's default)")
 
 
+def parse(p: Any, argv: Sequence[str] | None) -> Any:
+    """Add the options every benchmark has (``--threads``, ``--no-write``), parse ``argv`` and apply ``--threads``."""
+    add_threads_option(p)
+    p.add_argument("--no-write", action="store_true", help="print the figures without writing RESULTS.md")
+    args = p.parse_args(argv)
+    apply_threads(args)
+    return args
+
+
 def apply_threads(args: Any) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
