@@ -21,6 +21,13 @@ of the object), each by a majority of its 3x3 neighbourhood. The refined mask is
 back to the next frame, so the model does not build on its own leaks. A zero-shot model feeds no mask back, so
 there the refinement changes the output only.
 
+One-shot sessions then smooth every mask with a colour-guided filter (``filter``, He, Sun and Tang, "Guided Image
+Filtering", TPAMI 2013, computed at 1/``filter_step`` of the input size as in He and Sun, "Fast Guided Filter",
+2015): a mask's edges move to the frame's colour edges within ``filter`` pixels, and its pixel-wise colour decisions
+become smooth regions. The filtered masks are the output and the masks fed back. Zero-shot masks are left as they
+are (the filter lowered zero-shot J&F on the validation sets), and so are a tracker's (``--tracker``: it lowered
+those too).
+
 Leaving a mask out changes the output only: the model's recurrent state and the mask it feeds back stay its own,
 so an object that comes back is reported again once its colours match. A slot that was given a mask (one-shot
 prompts, and the tracker's hand-overs in ``--tracker`` runs) is compared with that mask's colours; a zero-shot
@@ -48,13 +55,19 @@ class AppearanceConfig:
     (0: the given mask only). bins: histogram bins per RGB channel. ring: width of the surroundings ring as a
     fraction of the input height (at least one pixel). refine: the colour ratio k of the refinement of kept masks
     (pixels k times likelier in the ring's colours than the object's are taken out, ring pixels k times likelier in
-    the object's are added); None leaves the model's masks as they are."""
+    the object's are added); None leaves the model's masks as they are. filter: the radius, in pixels at the input
+    size, of the colour-guided filter that one-shot sessions apply to their masks after the refinement (0: none);
+    filter_eps its regulariser (smaller keeps more of the frame's edges), filter_step the subsampling of its
+    coefficients."""
 
     margin: float = 0.1
     rate: float = 0.1
     bins: int = 8
     ring: float = 0.05
     refine: float | None = 2.0
+    filter: int = 4
+    filter_eps: float = 1e-4
+    filter_step: int = 2
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or not -1.0 <= float(self.margin) <= 1.0:
@@ -68,6 +81,14 @@ class AppearanceConfig:
         if self.refine is not None and (not isinstance(self.refine, (int, float)) or isinstance(self.refine, bool)
                                         or not float(self.refine) >= 1.0):
             raise ConfigError(f"AppearanceConfig.refine={self.refine!r}: allowed is None or a number >= 1")
+        if not isinstance(self.filter, int) or isinstance(self.filter, bool) or not 0 <= self.filter <= 64:
+            raise ConfigError(f"AppearanceConfig.filter={self.filter!r}: allowed is an integer in 0..64 (0: none)")
+        if not isinstance(self.filter_eps, (int, float)) or isinstance(self.filter_eps, bool) or not (
+                0.0 < float(self.filter_eps) <= 1.0):
+            raise ConfigError(f"AppearanceConfig.filter_eps={self.filter_eps!r}: allowed is a number in (0, 1]")
+        if not isinstance(self.filter_step, int) or isinstance(self.filter_step, bool) or not (
+                1 <= self.filter_step <= 8):
+            raise ConfigError(f"AppearanceConfig.filter_step={self.filter_step!r}: allowed is an integer in 1..8")
 
     def ring_pixels(self, height: int) -> int:
         return max(1, round(self.ring * height))
@@ -246,6 +267,18 @@ def refine_fed(prev_masks: Tensor, result: CheckResult, threshold: float) -> Ten
     return fed
 
 
+def filter_fed(prev_masks: Tensor, filtered: Tensor, followed: Tensor, valid: Tensor | None) -> Tensor:
+    """The masks fed back to the next frame (b, S, H, W) with the followed slots' (``followed`` (b, n): reported
+    and not given a mask at this frame, ``valid`` (b, S)) replaced by their ``filtered`` masks (b, n, H, W), as
+    they are: the pixels of a mask given to another slot at this frame are not cleared again (clearing them scored
+    a little lower on the validation sets; see the model card). ``prev_masks`` itself is left as it is."""
+    n = filtered.shape[1]
+    take = followed if valid is None else followed & ~valid[:, :n]
+    fed = prev_masks.clone()
+    fed[:, :n] = torch.where(take[:, :, None, None], filtered.to(fed.dtype), prev_masks[:, :n])
+    return fed
+
+
 def majority(flags: Tensor) -> Tensor:
     """(..., h, w) bool -> the same shape: True where more than half of the pixel's 3x3 neighbourhood (the part
     inside the frame) is True. Sums of shifted uint8 planes: no float copy of the masks."""
@@ -260,3 +293,52 @@ def _box3(x: Tensor) -> Tensor:
     """(m, h + 2, w + 2) -> (m, h, w): the 3x3 sums."""
     rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
     return rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
+
+
+def guided_filter(image: Tensor, probs: Tensor, radius: int, eps: float, step: int = 1) -> Tensor:
+    """Each mask of ``probs`` (b, n, h, w) smoothed by the colour-guided filter of ``image`` (b, 3, h, w) in [0, 1]
+    (He, Sun and Tang 2013): in every window of ``radius`` pixels (a square of side 2 radius + 1) the output is an
+    affine function of the pixel's RGB colour fitted to the mask by ridge regression (regulariser ``eps``), averaged
+    over the windows that hold the pixel. Where the mask is constant it stays so; its edges follow the image's.
+
+    With ``step`` > 1 the fits are made on the image and masks averaged over ``step`` x ``step`` cells (radius
+    ``radius // step`` there, at least 1) and their coefficients upsampled bilinearly, as in He and Sun's "Fast
+    Guided Filter" (2015): about ``step``**2 times less work. Returns (b, n, h, w) clamped to [0, 1]."""
+    b, n, h, w = probs.shape
+    image, probs = image.float(), probs.float()
+    if step > 1:
+        guide = F.avg_pool2d(image, step, ceil_mode=True)
+        p = F.avg_pool2d(probs, step, ceil_mode=True)
+        r = max(1, radius // step)
+    else:
+        guide, p, r = image, probs, radius
+    gh, gw = guide.shape[-2:]
+    mean_i = _box(guide, r)  # (b, 3, gh, gw)
+    pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+    second = _box(torch.stack([guide[:, i] * guide[:, j] for i, j in pairs], dim=1), r)
+    s00, s01, s02, s11, s12, s22 = (second[:, k] - mean_i[:, i] * mean_i[:, j] for k, (i, j) in enumerate(pairs))
+    s00, s11, s22 = s00 + eps, s11 + eps, s22 + eps
+    # the inverse of each pixel's 3x3 colour covariance (plus eps), by its adjugate: symmetric, six entries
+    c00, c01, c02 = s11 * s22 - s12 * s12, s02 * s12 - s01 * s22, s01 * s12 - s02 * s11
+    c11, c12, c22 = s00 * s22 - s02 * s02, s01 * s02 - s00 * s12, s00 * s11 - s01 * s01
+    det = (s00 * c00 + s01 * c01 + s02 * c02)[:, None]  # (b, 1, gh, gw), > 0: the covariance is positive definite
+    mean_p = _box(p, r)  # (b, n, gh, gw)
+    mean_ip = _box((guide[:, None] * p[:, :, None]).flatten(1, 2), r).view(b, n, 3, gh, gw)
+    v0, v1, v2 = (mean_ip[:, :, k] - mean_i[:, k : k + 1] * mean_p for k in range(3))  # colour-mask covariance
+    a0 = (c00[:, None] * v0 + c01[:, None] * v1 + c02[:, None] * v2) / det
+    a1 = (c01[:, None] * v0 + c11[:, None] * v1 + c12[:, None] * v2) / det
+    a2 = (c02[:, None] * v0 + c12[:, None] * v1 + c22[:, None] * v2) / det
+    offset = mean_p - a0 * mean_i[:, 0:1] - a1 * mean_i[:, 1:2] - a2 * mean_i[:, 2:3]
+    coef = _box(torch.cat([a0, a1, a2, offset], dim=1), r)  # (b, 4 n, gh, gw)
+    if step > 1:
+        coef = F.interpolate(coef, size=(h, w), mode="bilinear", align_corners=False)
+    a0, a1, a2, offset = coef.split(n, dim=1)
+    return (a0 * image[:, 0:1] + a1 * image[:, 1:2] + a2 * image[:, 2:3] + offset).clamp_(0.0, 1.0)
+
+
+def _box(x: Tensor, radius: int) -> Tensor:
+    """(b, c, h, w) -> the same shape: the mean over each pixel's (2 radius + 1)**2 window, the part inside the
+    frame; separable."""
+    k = 2 * radius + 1
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)

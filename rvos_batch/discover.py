@@ -121,7 +121,10 @@ class DiscoverTrackSession:
             raise ConfigError(f"the tracker must be a one-shot model; this one is {tracker.config.mode}")
         # The finder's masks are hand-over candidates, not output: the appearance check would only withhold them.
         self.finder = BatchSession(finder, replace(config, appearance=None), capacity)
-        self.tracker = BatchSession(with_slots(tracker, discovery.tracker_slots), config, capacity)
+        # The tracker's masks are checked against their hand-overs, but not filtered (it lowered tracked J&F).
+        check = config.appearance
+        tracked = config if check is None else replace(config, appearance=replace(check, filter=0))
+        self.tracker = BatchSession(with_slots(tracker, discovery.tracker_slots), tracked, capacity)
         self.config = config
         self.discovery = discovery
         self.capacity = self.tracker.capacity

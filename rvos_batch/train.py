@@ -220,12 +220,13 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
 def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, checked: bool) -> Tensor:
     """One-shot logits (B, T, K, H, W) of a clip. ``checked``: between frames, the fed-back masks are refined by
     the appearance check (:mod:`rvos_batch.appearance`, default settings) exactly as ``BatchSession`` refines
-    them at labeling time, each object's colours taken from its given mask. The refinement is not differentiated
+    them at labeling time, each object's colours taken from its given mask, less the guided filter (``filter``
+    0), which labeling added after the shipped model was trained this way. The refinement is not differentiated
     (stage 2 feeds back detached masks anyway)."""
     if not checked:
         return model(images, given_masks=given, given_valid=valid)[0]
     b, t, k = given.shape[:3]
-    config, threshold = AppearanceConfig(), PredictConfig().threshold  # labeling's defaults
+    config, threshold = AppearanceConfig(filter=0), PredictConfig().threshold  # labeling's defaults, no filter
     state = model.init_state(b, device=images.device, image_size=(images.shape[-2], images.shape[-1]), num_slots=k)
     seen_state = AppearanceState.empty(b, k, config, images.device)
     outputs = []

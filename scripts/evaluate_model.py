@@ -26,14 +26,14 @@ from rvos_batch.job.worker import run_in_process
 
 def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
           input_size: tuple[int, int] | None = None, tracker: str | None = None,
-          appearance_check: bool = True, appearance_refine: float = 2.0) -> dict:
+          appearance_check: bool = True, appearance_refine: float = 2.0, appearance_filter: int = 4) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
     out = work / f"out-{mode}{'-tracked' if tracker else ''}"
     cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
                       input_size=input_size, tracker=tracker, appearance_check=appearance_check,
-                      appearance_refine=appearance_refine, overwrite=True)
+                      appearance_refine=appearance_refine, appearance_filter=appearance_filter, overwrite=True)
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -64,13 +64,16 @@ def main() -> int:
     p.add_argument("--no-appearance-check", action="store_true", help="as rvos-batch label --no-appearance-check")
     p.add_argument("--appearance-refine", type=float, default=2.0, metavar="K",
                    help="as rvos-batch label --appearance-refine (default 2)")
+    p.add_argument("--appearance-filter", type=int, default=4, metavar="R",
+                   help="as rvos-batch label --appearance-filter (default 4)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="rvos-eval-"))
     work.mkdir(parents=True, exist_ok=True)
     s = score(args.data, args.model, args.mode, work, input_size=args.input_size, tracker=args.tracker,
-              appearance_check=not args.no_appearance_check, appearance_refine=args.appearance_refine)
+              appearance_check=not args.no_appearance_check, appearance_refine=args.appearance_refine,
+              appearance_filter=args.appearance_filter)
     if args.json:
         print(json.dumps(s))
     else:

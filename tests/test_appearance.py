@@ -14,6 +14,7 @@ from rvos_batch.appearance import (
     bhattacharyya,
     check,
     colour_bins,
+    guided_filter,
     histograms,
     majority,
     surroundings,
@@ -172,11 +173,71 @@ def test_refinement_trims_what_looks_like_the_ring_and_grows_into_what_looks_lik
 
 
 def test_appearance_config_is_validated():
-    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}, {"refine": 0.5}):
+    for bad in ({"margin": 2.0}, {"rate": -0.1}, {"bins": 1}, {"bins": True}, {"ring": 0.0}, {"refine": 0.5},
+                {"filter": -1}, {"filter": True}, {"filter": 2.5}, {"filter_eps": 0.0}, {"filter_step": 0}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             AppearanceConfig(**bad)
     with pytest.raises(ConfigError, match="appearance"):
         PredictConfig(appearance=0.1)  # type: ignore[arg-type]
+
+
+def _guided_reference(image: np.ndarray, p: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """The guided filter from its definition, window by window in float64: image (3, h, w), p (h, w). Each window
+    (the in-frame pixels within ``r`` of its centre) fits p ~ a . colour + b by ridge regression; a pixel's output
+    averages the fits of the windows that hold it."""
+    _, h, w = image.shape
+    coef = np.zeros((h, w, 4))
+    for y in range(h):
+        for x in range(w):
+            win = (slice(max(0, y - r), y + r + 1), slice(max(0, x - r), x + r + 1))
+            colours = image[:, win[0], win[1]].reshape(3, -1)
+            values = p[win].ravel()
+            mean_c, mean_p = colours.mean(axis=1), values.mean()
+            cov = np.cov(colours, bias=True) + eps * np.eye(3)
+            a = np.linalg.solve(cov, (colours * values).mean(axis=1) - mean_c * mean_p)
+            coef[y, x] = (*a, mean_p - a @ mean_c)
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            c = coef[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1].reshape(-1, 4).mean(axis=0)
+            out[y, x] = c[:3] @ image[:, y, x] + c[3]
+    return np.clip(out, 0.0, 1.0)
+
+
+def test_guided_filter_matches_its_definition():
+    rng = np.random.default_rng(3)
+    image = rng.random((2, 3, 9, 11))
+    probs = (rng.random((2, 2, 9, 11)) > 0.5).astype(np.float64)
+    for r, eps in ((1, 1e-3), (2, 1e-4)):
+        got = guided_filter(torch.from_numpy(image), torch.from_numpy(probs), r, eps).numpy()
+        for i in range(2):
+            for k in range(2):
+                np.testing.assert_allclose(got[i, k], _guided_reference(image[i], probs[i, k], r, eps), atol=1e-4)
+
+
+def test_guided_filter_keeps_what_the_colours_explain_and_moves_edges_onto_the_frames():
+    rng = np.random.default_rng(4)
+    image = torch.from_numpy(rng.random((1, 3, 24, 32), dtype=np.float32))
+    for step in (1, 2):
+        affine = 0.5 * image[:, :1] - 0.2 * image[:, 2:] + 0.3  # a mask the colours explain exactly: unchanged
+        out = guided_filter(image, affine, 4, 1e-6, step)
+        assert torch.allclose(out, affine, atol=2e-3), step
+        flat = torch.full((1, 1, 24, 32), 0.7)
+        assert torch.allclose(guided_filter(image, flat, 4, 1e-4, step), flat, atol=1e-5), "constant stays constant"
+    # a red left half on a blue right half (with a little noise), and masks that overshoot the edge
+    frame = torch.zeros(1, 3, 24, 32)
+    frame[0, 0, :, :16], frame[0, 2, :, 16:] = 0.9, 0.8
+    frame += 0.02 * torch.from_numpy(rng.random((1, 3, 24, 32), dtype=np.float32))
+    for step in (1, 2):
+        for over in (1, 2, 3):
+            mask = torch.zeros(1, 1, 24, 32)
+            mask[..., : 16 + over] = 1.0
+            out = guided_filter(frame, mask, 4, 1e-4, step)[0, 0]
+            assert (out[:, :16] > 0.5).all(), (step, over)
+            if over == 1:  # back on the edge
+                assert not (out[:, 16:] > 0.5).any(), step
+            else:  # a regression over the window: a wider overshoot is pulled back in part
+                assert (out[:, 16:] > 0.5).sum() < 24 * over, (step, over)
 
 
 # ---- in a session -------------------------------------------------------------------------------------------------
@@ -253,7 +314,8 @@ def test_a_session_refines_the_output_and_the_mask_it_feeds_back(monkeypatch):
     left = (SQUARE[0], slice(24, 40))
     model = _model_that_keeps_the_square(monkeypatch, left)
     outputs = {}
-    for name, config in (("refined", PredictConfig()), ("plain", PredictConfig(appearance=None))):
+    refine_only = AppearanceConfig(filter=0)  # the refinement alone; the filter has its own test below
+    for name, config in (("refined", PredictConfig(appearance=refine_only)), ("plain", PredictConfig(appearance=None))):
         session = BatchSession(model, config, capacity=1)
         session.add(0, "v", ORIG, {0: {7: _square()}})
         masks = [session.step({0: (t, preprocess(_frame(True, seed=t), session.input_size))})[0].masks[0]
@@ -265,6 +327,37 @@ def test_a_session_refines_the_output_and_the_mask_it_feeds_back(monkeypatch):
     assert outputs["refined"][0].sum() == outputs["plain"][0].sum() == 24 * 16, "the prompt frame is not refined"
     assert outputs["refined"][1][17:39, 40:43].all() and not outputs["plain"][1][:, 40:].any()
     assert not outputs["refined"][1][:, 44:].any() and not outputs["refined"][1][:14].any(), "only the ring grows"
+
+
+def test_one_shot_sessions_filter_their_masks_and_feed_them_back_and_zero_shot_sessions_do_not(monkeypatch):
+    """The model's mask overshoots the red square by a column onto the blue background; the guided filter (no colour
+    refinement here) moves its edge back onto the square's, in the output and in the mask fed back. The prompt
+    frame's output is the model's mask, filtered too; the fed mask there is the given one."""
+    wide = (SQUARE[0], slice(24, 57))
+    filtered = PredictConfig(appearance=AppearanceConfig(refine=None, filter=4))
+    unfiltered = PredictConfig(appearance=AppearanceConfig(refine=None, filter=0))
+    outputs = {}
+    for name, config in (("filtered", filtered), ("unfiltered", unfiltered)):
+        session = BatchSession(_model_that_keeps_the_square(monkeypatch, wide), config, capacity=1)
+        session.add(0, "v", ORIG, {0: {7: _square()}})
+        outputs[name] = [session.step({0: (t, preprocess(_frame(True, seed=t), session.input_size))})[0].masks[0]
+                         for t in range(2)]
+        fed = session.state.prev_masks
+        assert fed is not None
+        if name == "filtered":  # the scripted model's own fed mask is its network's; the filtered one replaces it
+            assert ((fed[0, 0] > 0.5).numpy() == _square()).all(), "the fed mask is the filtered one"
+    for t in range(2):
+        assert outputs["unfiltered"][t][16:40, 24:57].all() and outputs["unfiltered"][t].sum() == 24 * 33
+        assert (outputs["filtered"][t] == _square()).all(), t
+
+    zero = _model_that_keeps_the_square(monkeypatch, wide, mode="zero-shot")
+    masks = {}
+    for name, config in (("filtered", filtered), ("unfiltered", unfiltered)):
+        session = BatchSession(zero, config, capacity=1)
+        session.add(0, "v", ORIG)
+        masks[name] = [session.step({0: (t, preprocess(_frame(True, seed=t), session.input_size))})[0].masks
+                       for t in range(2)]
+    assert all((a == b).all() for a, b in zip(masks["filtered"], masks["unfiltered"], strict=True))
 
 
 def test_a_snapshot_restores_the_checks_state(monkeypatch):
@@ -302,12 +395,15 @@ def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
                               input_size=SIZE)).eval()
     both = DiscoverTrackSession(model, tracker, PredictConfig(), capacity=1)
     assert both.finder.appearance is None and both.tracker.appearance is not None
+    tracked = both.tracker.config.appearance
+    assert tracked is not None and tracked.filter == 0 and tracked.refine == AppearanceConfig().refine, "not filtered"
 
 
 @pytest.mark.parametrize("checked", [True, False])
 def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch, checked):
-    """`train --appearance-check` (stage 2) refines the fed-back masks between frames as a labeling session does:
-    the masks going into each frame are the session's. Without the flag they are the model's own."""
+    """`train --appearance-check` (stage 2) refines the fed-back masks between frames as a labeling session without
+    the guided filter does: the masks going into each frame are the session's. Without the flag they are the model's
+    own."""
     from rvos_batch.train import _one_shot_logits
 
     left = (SQUARE[0], slice(24, 40))
@@ -320,7 +416,7 @@ def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch
 
     monkeypatch.setattr(model, "step", recording)
     frames = [preprocess(_frame(True, seed=t), SIZE) for t in range(3)]
-    session = BatchSession(model, PredictConfig(), capacity=1)
+    session = BatchSession(model, PredictConfig(appearance=AppearanceConfig(filter=0)), capacity=1)
     session.add(0, "v", ORIG, {0: {7: _square()}})
     for t, frame in enumerate(frames):
         session.step({0: (t, frame)})

@@ -176,6 +176,15 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert dataclasses.replace(cfg, appearance_refine=3).appearance_config() == AppearanceConfig(refine=3.0)
     with pytest.raises(RvosBatchError, match="--appearance-refine must be 0 .* or a ratio >= 1"):
         dataclasses.replace(cfg, appearance_refine=0.5)
+    # so is the guided filter's radius (one-shot only: a zero-shot run records 0 whatever it is given)
+    with pytest.raises(MaskStoreError, match="appearance"):
+        run_job(dataclasses.replace(cfg, appearance_filter=0), progress=False)
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--appearance-filter", "2"])
+    assert config_from_args(args).appearance_config() == AppearanceConfig(filter=2)
+    zero = dataclasses.replace(cfg, mode="zero-shot", prompts=None)
+    assert zero.appearance_config() == AppearanceConfig(filter=0)
+    with pytest.raises(RvosBatchError, match="--appearance-filter must be an integer radius in 0..64"):
+        dataclasses.replace(cfg, appearance_filter=-1)
 
 
 def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
@@ -199,7 +208,8 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert run["config"]["tracker"] == follow and run["model"]["tracker"]["sha256"]
     assert run["model"]["tracker"]["discovery"] == run["fingerprint"]["discovery"] == dataclasses.asdict(
         DiscoveryConfig())
-    assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig())  # the tracker is checked
+    # the tracker is checked, but its masks are not filtered: the run records filter 0
+    assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig(filter=0))
     assert run_job(cfg, progress=False).shards_skipped == 1
     with pytest.raises(MaskStoreError, match="tracker_sha256"):  # the same OUT without the tracker is refused
         run_job(dataclasses.replace(cfg, tracker=None), progress=False)

@@ -45,6 +45,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "its surroundings than in its object, and adds the surroundings' pixels K times likelier in "
                         "the object (default 2; 0: no trimming or growing). Larger is more cautious: 3 or more suits "
                         "objects whose colours are close to their background's (see the model card)")
+    p.add_argument("--appearance-filter", type=int, default=4, metavar="R",
+                   help="one-shot: after the appearance check, smooth each followed mask with a colour-guided "
+                        "filter of radius R pixels at the model's input size, so its edges follow the frame's "
+                        "colour edges; the filtered mask is also fed back (default 4; 0: no filter). Not used in "
+                        "zero-shot runs (see the model card)")
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="join an existing Ray cluster ('auto' or ray://host:10001); default: start a local Ray")
     p.add_argument("--num-actors", type=int, default=None, metavar="N",
@@ -81,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
     return LabelConfig(
         corpus=corpus, out=args.out, mode=args.mode, prompts=args.prompts, model=args.model,
         input_size=args.input_size, tracker=args.tracker, appearance_check=not args.no_appearance_check,
-        appearance_refine=args.appearance_refine,
+        appearance_refine=args.appearance_refine, appearance_filter=args.appearance_filter,
         videos_per_shard=args.videos_per_shard, num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,
         max_shard_attempts=args.max_shard_attempts, address=args.address, overwrite=args.overwrite,

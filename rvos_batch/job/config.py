@@ -52,6 +52,7 @@ class LabelConfig:
     tracker: str | None = None  # zero-shot only: a one-shot model that follows what the model finds (discover.py)
     appearance_check: bool = True  # leave a followed mask out while it looks like its surroundings (appearance.py)
     appearance_refine: float = 2.0  # the check's colour ratio for trimming and growing kept masks; 0: no refinement
+    appearance_filter: int = 4  # one-shot: radius of the colour-guided filter on followed masks; 0: none
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     tracker_sha256: str | None = None  # the same for the tracker
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
@@ -74,6 +75,11 @@ class LabelConfig:
                 self.appearance_refine == 0 or self.appearance_refine >= 1):
             raise RvosBatchError(
                 f"--appearance-refine must be 0 (no refinement) or a ratio >= 1, got {self.appearance_refine!r}"
+            )
+        if (not isinstance(self.appearance_filter, int) or isinstance(self.appearance_filter, bool)
+                or not 0 <= self.appearance_filter <= 64):
+            raise RvosBatchError(
+                f"--appearance-filter must be an integer radius in 0..64 (0: no filter), got {self.appearance_filter!r}"
             )
         if self.amp is not None and self.amp not in AMP_CHOICES:
             raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
@@ -103,12 +109,15 @@ class LabelConfig:
         return self.prompts or join(self.corpus, "prompts")
 
     def appearance_config(self) -> AppearanceConfig | None:
-        """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``."""
+        """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``.
+        The guided filter (``--appearance-filter``) is for one-shot labeling: a zero-shot run, with or without a
+        tracker, records ``filter`` 0, since it is not applied there."""
         if not self.appearance_check:
             return None
         from rvos_batch.appearance import AppearanceConfig  # torch: not needed to parse a command line
 
-        return AppearanceConfig(refine=float(self.appearance_refine) if self.appearance_refine else None)
+        return AppearanceConfig(refine=float(self.appearance_refine) if self.appearance_refine else None,
+                                filter=self.appearance_filter if self.mode == "one-shot" else 0)
 
     def public_dict(self) -> dict[str, Any]:
         """The config as recorded in run.json: storage options are never recorded (they may hold keys)."""
