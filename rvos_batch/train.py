@@ -27,7 +27,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from rvos_batch.appearance import AppearanceConfig, AppearanceState, refine_fed
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, filter_fed, guided_filter, refine_fed, refine_probs
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
@@ -61,6 +61,7 @@ class TrainConfig:
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
     appearance_check: bool = False  # stage 2: feed back masks refined by the appearance check, as labeling does
+    appearance_filter: int = 0  # with appearance_check: also the guided filter of this radius, as labeling does
     batch_size: int = 4
     iters: int = 10_000
     lr: float = 1e-3
@@ -85,6 +86,13 @@ class TrainConfig:
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
         if self.appearance_check and self.stage != 2:
             raise RvosBatchError("--appearance-check (refining the fed-back masks) is for --mode one-shot --stage 2")
+        if (not isinstance(self.appearance_filter, int) or isinstance(self.appearance_filter, bool)
+                or not 0 <= self.appearance_filter <= 64):
+            raise RvosBatchError(
+                f"--appearance-filter must be an integer radius in 0..64, got {self.appearance_filter!r}"
+            )
+        if self.appearance_filter and not self.appearance_check:
+            raise RvosBatchError("--appearance-filter (filtering the fed-back masks) needs --appearance-check")
         if self.match and self.mode != "one-shot":
             raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -199,7 +207,7 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
         k_used = int(present.any(1).any(0).nonzero().max().item()) + 1 if present.any() else 1
         masks, present = masks[:, :, :k_used], present[:, :, :k_used]
         given, valid, counted = one_shot_inputs(masks, present, cfg.stage)
-        logits = _one_shot_logits(model, images, given, valid, cfg.appearance_check)  # (B, T, K, H, W)
+        logits = _one_shot_logits(model, images, given, valid, _check(cfg))  # (B, T, K, H, W)
         per = soft_iou_loss(logits, masks, weight)  # (B, T, K)
         pairs = counted.any(1)  # (B, K): objects of each clip
         frames_loss = (per * counted).sum(1)  # summed over frames
@@ -217,16 +225,22 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
     return torch.cat(losses).mean() if losses else logits.sum() * 0
 
 
-def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, checked: bool) -> Tensor:
-    """One-shot logits (B, T, K, H, W) of a clip. ``checked``: between frames, the fed-back masks are refined by
-    the appearance check (:mod:`rvos_batch.appearance`, default settings) exactly as ``BatchSession`` refines
-    them at labeling time, each object's colours taken from its given mask, less the guided filter (``filter``
-    0), which labeling added after the shipped model was trained this way. The refinement is not differentiated
-    (stage 2 feeds back detached masks anyway)."""
-    if not checked:
+def _check(cfg: TrainConfig) -> AppearanceConfig | None:
+    """The appearance check training feeds back through: labeling's defaults with the training's filter radius
+    (0 unless ``--appearance-filter``: the shipped model was trained without it), or None."""
+    return AppearanceConfig(filter=cfg.appearance_filter) if cfg.appearance_check else None
+
+
+def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor,
+                     check: AppearanceConfig | None) -> Tensor:
+    """One-shot logits (B, T, K, H, W) of a clip. With ``check``: between frames, the fed-back masks are refined by
+    the appearance check (:mod:`rvos_batch.appearance`) exactly as a one-shot ``BatchSession`` with that config
+    refines them at labeling time (and, with ``check.filter``, filters them), each object's colours taken from its
+    given mask. The refinement is not differentiated (stage 2 feeds back detached masks anyway)."""
+    if check is None:
         return model(images, given_masks=given, given_valid=valid)[0]
     b, t, k = given.shape[:3]
-    config, threshold = AppearanceConfig(filter=0), PredictConfig().threshold  # labeling's defaults, no filter
+    config, threshold = check, PredictConfig().threshold
     state = model.init_state(b, device=images.device, image_size=(images.shape[-2], images.shape[-1]), num_slots=k)
     seen_state = AppearanceState.empty(b, k, config, images.device)
     outputs = []
@@ -237,8 +251,16 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor, 
             seen = appearance_check(images[:, i], probs, state.started, threshold, given[:, i], valid[:, i],
                                     seen_state, config)
             seen_state = seen.state
-            if seen.trim is not None and seen.grow is not None and state.prev_masks is not None:
-                state = replace(state, prev_masks=refine_fed(state.prev_masks, seen, threshold))
+            fed = state.prev_masks
+            if config.filter > 0 and fed is not None:  # as BatchSession: refined output, filtered, fed back
+                if seen.trim is not None and seen.grow is not None:
+                    probs = refine_probs(probs, seen.trim, seen.grow, threshold)
+                filtered = guided_filter(images[:, i], probs, config.filter, config.filter_eps, config.filter_step)
+                fed = filter_fed(fed, filtered, state.started[:, :k] & ~seen.hidden, valid[:, i])
+            if seen.trim is not None and seen.grow is not None and fed is not None:
+                fed = refine_fed(fed, seen, threshold)
+            if fed is not state.prev_masks:
+                state = replace(state, prev_masks=fed)
         outputs.append(logits)
     return torch.stack(outputs, dim=1)
 
@@ -261,7 +283,7 @@ def validate(model: RVOS, videos: list[VOSVideo], cfg: TrainConfig, device: torc
         weight = (lab != 255).float()[None, :, None]
         if cfg.mode == "one-shot":
             given, valid, counted = one_shot_inputs(masks, present, stage=2)
-            logits = _one_shot_logits(model, img, given, valid, cfg.appearance_check)
+            logits = _one_shot_logits(model, img, given, valid, _check(cfg))
             per = 1 - soft_iou_loss(logits, masks, weight)
             scores.append(float((per * counted).sum() / counted.sum().clamp(min=1)))
         else:

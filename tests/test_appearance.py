@@ -399,11 +399,11 @@ def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
     assert tracked is not None and tracked.filter == 0 and tracked.refine == AppearanceConfig().refine, "not filtered"
 
 
-@pytest.mark.parametrize("checked", [True, False])
-def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch, checked):
-    """`train --appearance-check` (stage 2) refines the fed-back masks between frames as a labeling session without
-    the guided filter does: the masks going into each frame are the session's. Without the flag they are the model's
-    own."""
+@pytest.mark.parametrize(("checked", "radius"), [(True, 0), (True, 4), (False, 0)])
+def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch, checked, radius):
+    """`train --appearance-check [--appearance-filter R]` (stage 2) refines (and filters) the fed-back masks between
+    frames as a labeling session with that filter radius does: the masks going into each frame are the session's.
+    Without the flag they are the model's own."""
     from rvos_batch.train import _one_shot_logits
 
     left = (SQUARE[0], slice(24, 40))
@@ -416,11 +416,15 @@ def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch
 
     monkeypatch.setattr(model, "step", recording)
     frames = [preprocess(_frame(True, seed=t), SIZE) for t in range(3)]
-    session = BatchSession(model, PredictConfig(appearance=AppearanceConfig(filter=0)), capacity=1)
-    session.add(0, "v", ORIG, {0: {7: _square()}})
-    for t, frame in enumerate(frames):
-        session.step({0: (t, frame)})
-    labeling, seen[:] = list(seen), []
+    sessions = {}
+    for r in (0, 4):
+        session = BatchSession(model, PredictConfig(appearance=AppearanceConfig(filter=r)), capacity=1)
+        session.add(0, "v", ORIG, {0: {7: _square()}})
+        for t, frame in enumerate(frames):
+            session.step({0: (t, frame)})
+        sessions[r], seen[:] = list(seen), []
+    assert not torch.equal(sessions[0][2], sessions[4][2]), "the filter changes what goes into frame 2"
+    labeling = sessions[radius]
 
     images = torch.stack(frames).float().div(255.0)[None]  # (1, T, 3, H, W)
     given = torch.zeros(1, 3, 1, *SIZE)
@@ -428,7 +432,7 @@ def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch
     valid = torch.zeros(1, 3, 1, dtype=torch.bool)
     valid[0, 0, 0] = True
     with torch.no_grad():
-        _one_shot_logits(model, images, given, valid, checked=checked)
+        _one_shot_logits(model, images, given, valid, AppearanceConfig(filter=radius) if checked else None)
     assert len(seen) == len(labeling) == 3
     assert torch.equal(seen[1], labeling[1]), "after the prompt frame both feed back the given mask"
     assert torch.equal(seen[2], labeling[2]) == checked, "the refined mask (grown to the square) goes into frame 2"

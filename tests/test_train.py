@@ -348,3 +348,12 @@ def test_the_appearance_check_is_for_one_shot_stage_2(tmp_path):
         with pytest.raises(RvosBatchError, match="--appearance-check .* is for --mode one-shot --stage 2"):
             _cfg(tmp_path, tmp_path / "out", appearance_check=True, **kw)
     assert _cfg(tmp_path, tmp_path / "out", mode="one-shot", stage=2, appearance_check=True).appearance_check
+    with pytest.raises(RvosBatchError, match="--appearance-filter .* needs --appearance-check"):
+        _cfg(tmp_path, tmp_path / "out", mode="one-shot", stage=2, appearance_filter=4)
+    with pytest.raises(RvosBatchError, match="--appearance-filter must be an integer radius"):
+        _cfg(tmp_path, tmp_path / "out", mode="one-shot", stage=2, appearance_check=True, appearance_filter=-2)
+    from rvos_batch.cli import build_parser
+
+    args = build_parser().parse_args(["train", str(tmp_path), str(tmp_path / "o"), "--mode", "one-shot", "--stage",
+                                      "2", "--appearance-check", "--appearance-filter", "4"])
+    assert args.appearance_filter == 4 and build_parser().parse_args(["train", "d", "o"]).appearance_filter == 0

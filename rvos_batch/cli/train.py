@@ -40,6 +40,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--appearance-check", action="store_true",
                    help="one-shot --stage 2: refine the fed-back masks by the appearance check between frames, as "
                         "labeling does (not in the paper; see rvos_batch.appearance)")
+    p.add_argument("--appearance-filter", type=int, default=0, metavar="R",
+                   help="with --appearance-check: also smooth the fed-back masks with the guided filter of radius R, "
+                        "as one-shot labeling does (its default is 4; here the default 0 is how the shipped model "
+                        "was trained)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--iters", type=int, default=10_000)
     p.add_argument("--lr", type=float, default=1e-3, help="decoder and projections")
@@ -66,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         recurrence=args.recurrence, refine=args.refine, match=args.match, hidden=args.hidden, num_slots=args.slots,
         input_size=args.input_size,
         clip_len=args.clip_len, color_aug=args.color_aug, appearance_check=args.appearance_check,
+        appearance_filter=args.appearance_filter,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
         train_split=args.train_split, seed=args.seed, threads=args.threads, workers=args.workers,
