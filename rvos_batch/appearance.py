@@ -24,9 +24,9 @@ there the refinement changes the output only.
 One-shot sessions then smooth every mask with a colour-guided filter (``filter``, He, Sun and Tang, "Guided Image
 Filtering", TPAMI 2013, computed at 1/``filter_step`` of the input size as in He and Sun, "Fast Guided Filter",
 2015): a mask's edges move to the frame's colour edges within ``filter`` pixels, and its pixel-wise colour decisions
-become smooth regions. The filtered masks are the output and the masks fed back. Zero-shot masks are left as they
-are (the filter lowered zero-shot J&F on the validation sets), and so are a tracker's (``--tracker``: it lowered
-those too).
+become smooth regions. The filtered masks are the output, and, refined again by the trimming and growing, the masks
+fed back. Zero-shot masks are left as they are (the filter lowered zero-shot J&F on the validation sets), and so
+are a tracker's (``--tracker``: it lowered those too).
 
 Leaving a mask out changes the output only: the model's recurrent state and the mask it feeds back stay its own,
 so an object that comes back is reported again once its colours match. A slot that was given a mask (one-shot
@@ -270,8 +270,9 @@ def refine_fed(prev_masks: Tensor, result: CheckResult, threshold: float) -> Ten
 def filter_fed(prev_masks: Tensor, filtered: Tensor, followed: Tensor, valid: Tensor | None) -> Tensor:
     """The masks fed back to the next frame (b, S, H, W) with the followed slots' (``followed`` (b, n): reported
     and not given a mask at this frame, ``valid`` (b, S)) replaced by their ``filtered`` masks (b, n, H, W), as
-    they are: the pixels of a mask given to another slot at this frame are not cleared again (clearing them scored
-    a little lower on the validation sets; see the model card). ``prev_masks`` itself is left as it is."""
+    they are: the pixels of a mask given to another slot at this frame are not cleared again (a variant that
+    cleared them scored no better on the validation sets; see the model card). ``prev_masks`` itself is left as
+    it is."""
     n = filtered.shape[1]
     take = followed if valid is None else followed & ~valid[:, :n]
     fed = prev_masks.clone()

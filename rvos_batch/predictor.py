@@ -409,7 +409,6 @@ class BatchSession:
                     new_appearance = self.appearance.scatter_rows(self._index(rows), seen.state)
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
                 check = self.config.appearance
-                refined = seen.trim is not None and seen.grow is not None
                 if seen.trim is not None and seen.grow is not None:  # refined masks, just above the threshold
                     probs = refine_probs(probs, seen.trim, seen.grow, self.config.threshold)  # where grown: output
                 fed = new_sub.prev_masks  # one-shot: the masks fed back to the next frame
@@ -419,7 +418,7 @@ class BatchSession:
                     probs = guided_filter(batch, probs, check.filter, check.filter_eps, check.filter_step)
                     if fed is not None:
                         fed = filter_fed(fed, probs, reportable, valid)
-                if refined and fed is not None:
+                if seen.trim is not None and fed is not None:
                     fed = refine_fed(fed, seen, self.config.threshold)
                 if fed is not new_sub.prev_masks:
                     new_sub = replace(new_sub, prev_masks=fed)
