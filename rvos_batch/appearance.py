@@ -280,6 +280,28 @@ def filter_fed(prev_masks: Tensor, filtered: Tensor, followed: Tensor, valid: Te
     return fed
 
 
+def apply_check(frames: Tensor, probs: Tensor, fed: Tensor | None, result: CheckResult, followed: Tensor,
+                valid: Tensor | None, config: AppearanceConfig, threshold: float,
+                smooth: bool) -> tuple[Tensor, Tensor | None]:
+    """What a session makes of one frame's :func:`check` ``result``: the output probabilities (b, n, h, w) and the
+    masks fed back to the next frame (b, S, H, W; None for a zero-shot model), as labeling and ``train
+    --appearance-check`` both use them.
+
+    The output is refined (trimmed and grown). With ``smooth`` (one-shot sessions) and ``config.filter``, it is then
+    smoothed by :func:`guided_filter` of ``frames``, and the ``followed`` slots (b, n) not given a mask at this frame
+    (``valid``) take it as their fed mask (:func:`filter_fed`). The fed masks are then refined as well, so the colour
+    decisions hold in what the model builds on."""
+    if result.trim is not None and result.grow is not None:  # just above the threshold where grown
+        probs = refine_probs(probs, result.trim, result.grow, threshold)
+    if smooth and config.filter > 0:
+        probs = guided_filter(frames, probs, config.filter, config.filter_eps, config.filter_step)
+        if fed is not None:
+            fed = filter_fed(fed, probs, followed, valid)
+    if result.trim is not None and fed is not None:
+        fed = refine_fed(fed, result, threshold)
+    return probs, fed
+
+
 def majority(flags: Tensor) -> Tensor:
     """(..., h, w) bool -> the same shape: True where more than half of the pixel's 3x3 neighbourhood (the part
     inside the frame) is True. Sums of shifted uint8 planes: no float copy of the masks."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_batch import rle, rle_torch
-from rvos_batch.appearance import AppearanceConfig, AppearanceState, filter_fed, guided_filter, refine_fed, refine_probs
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState
@@ -408,18 +408,9 @@ class BatchSession:
                 else:
                     new_appearance = self.appearance.scatter_rows(self._index(rows), seen.state)
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
-                check = self.config.appearance
-                if seen.trim is not None and seen.grow is not None:  # refined masks, just above the threshold
-                    probs = refine_probs(probs, seen.trim, seen.grow, self.config.threshold)  # where grown: output
-                fed = new_sub.prev_masks  # one-shot: the masks fed back to the next frame
-                if self.one_shot and check.filter > 0:
-                    # followed masks smoothed along the frame's colour edges: the output, and the followed slots' fed
-                    # masks (then refined again below, so the colour decisions hold in what the model builds on)
-                    probs = guided_filter(batch, probs, check.filter, check.filter_eps, check.filter_step)
-                    if fed is not None:
-                        fed = filter_fed(fed, probs, reportable, valid)
-                if seen.trim is not None and fed is not None:
-                    fed = refine_fed(fed, seen, self.config.threshold)
+                # refined (one-shot: and guided-filtered) masks: the output, and the masks fed back
+                probs, fed = apply_check(batch, probs, new_sub.prev_masks, seen, reportable, valid,
+                                         self.config.appearance, self.config.threshold, smooth=self.one_shot)
                 if fed is not new_sub.prev_masks:
                     new_sub = replace(new_sub, prev_masks=fed)
             # Commit only once everything succeeded, so a failed step can be retried row by row.

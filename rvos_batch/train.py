@@ -27,7 +27,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from rvos_batch.appearance import AppearanceConfig, AppearanceState, filter_fed, guided_filter, refine_fed, refine_probs
+from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
@@ -251,14 +251,8 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor,
             seen = appearance_check(images[:, i], probs, state.started, threshold, given[:, i], valid[:, i],
                                     seen_state, config)
             seen_state = seen.state
-            fed = state.prev_masks
-            if config.filter > 0 and fed is not None:  # as BatchSession: refined output, filtered, fed back
-                if seen.trim is not None and seen.grow is not None:
-                    probs = refine_probs(probs, seen.trim, seen.grow, threshold)
-                filtered = guided_filter(images[:, i], probs, config.filter, config.filter_eps, config.filter_step)
-                fed = filter_fed(fed, filtered, state.started[:, :k] & ~seen.hidden, valid[:, i])
-            if seen.trim is not None and seen.grow is not None and fed is not None:
-                fed = refine_fed(fed, seen, threshold)
+            _, fed = apply_check(images[:, i], probs, state.prev_masks, seen, state.started[:, :k] & ~seen.hidden,
+                                 valid[:, i], config, threshold, smooth=True)  # as a one-shot BatchSession
             if fed is not state.prev_masks:
                 state = replace(state, prev_masks=fed)
         outputs.append(logits)
