@@ -14,6 +14,10 @@ its weights do not depend on the slot count). A finder slot may hand over again 
 the tracker follows, for instance after the tracker lost the object, or when the finder's slot moved to another
 object.
 
+A handed-over mask is first snapped onto the frame's colour edges (:func:`snap_masks`): the finder works at a
+smaller size than the tracker, and its masks' edges are coarse. The tracker follows what it is given, so a prompt
+that spills onto the background, or misses part of the object, is followed so.
+
 The tracker's object ids count 1, 2, ... in the order objects are found; they are stable through the video.
 """
 
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rvos_batch import rle
+from rvos_batch.appearance import guided_filter
 from rvos_batch.model.config import ConfigError
 from rvos_batch.model.rvos import RVOS, with_slots
 from rvos_batch.predictor import BatchSession, FrameInput, FrameResult, FrameRLE, PredictConfig
@@ -39,13 +44,17 @@ class DiscoveryConfig:
 
     min_area_fraction: of the frame's pixels (0.0: any non-empty mask; 0.0005 is 51 pixels of a 240x427 frame).
     max_overlap: the largest fraction of the mask that may lie on already tracked objects. tracker_slots: objects
-    the tracker follows per video (the DAVIS unsupervised protocol scores up to 20 per video). The defaults were
-    chosen on the two validation sets of the model card.
+    the tracker follows per video (the DAVIS unsupervised protocol scores up to 20 per video). snap_radius: the
+    radius, in pixels at the tracker's input size, of the colour-guided filter that snaps a handed-over mask onto
+    the frame's edges (:func:`snap_masks`; 0: hand over the finder's mask as it is), snap_eps its regulariser. The
+    defaults were chosen on the two validation sets of the model card.
     """
 
     min_area_fraction: float = 0.0
     max_overlap: float = 0.05
     tracker_slots: int = 16
+    snap_radius: int = 8
+    snap_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_area_fraction < 1.0:
@@ -54,6 +63,13 @@ class DiscoveryConfig:
             raise ConfigError(f"DiscoveryConfig.max_overlap={self.max_overlap!r}: allowed is [0, 1]")
         if not isinstance(self.tracker_slots, int) or isinstance(self.tracker_slots, bool) or self.tracker_slots < 1:
             raise ConfigError(f"DiscoveryConfig.tracker_slots={self.tracker_slots!r}: allowed is an integer >= 1")
+        if not isinstance(self.snap_radius, int) or isinstance(self.snap_radius, bool) or not (
+                0 <= self.snap_radius <= 64):
+            raise ConfigError(f"DiscoveryConfig.snap_radius={self.snap_radius!r}: allowed is an integer in 0..64 "
+                              "(0: no snapping)")
+        if not isinstance(self.snap_eps, (int, float)) or isinstance(self.snap_eps, bool) or not (
+                0.0 < float(self.snap_eps) <= 1.0):
+            raise ConfigError(f"DiscoveryConfig.snap_eps={self.snap_eps!r}: allowed is a number in (0, 1]")
 
 
 def new_objects(found: FrameResult, tracked: np.ndarray | None, free_slots: int,
@@ -74,6 +90,31 @@ def new_objects(found: FrameResult, tracked: np.ndarray | None, free_slots: int,
             continue
         out.append((int(obj), mask))
     return out
+
+
+def snap_masks(frame: Tensor, masks: np.ndarray, radius: int, eps: float, threshold: float = 0.5,
+               step: int = 2) -> np.ndarray:
+    """Masks snapped onto the colour edges of ``frame``: bool (k, H0, W0) at the frame's original size -> the same.
+
+    frame: (3, h, w), uint8 or float in [0, 1], the frame at the model's input size; the work is done on its device.
+    Each mask is resized to (h, w) (antialiased), smoothed by :func:`~rvos_batch.appearance.guided_filter` of the
+    frame (``radius``, ``eps``, ``step``), resized back and thresholded. A mask that would come out empty is kept
+    as it was: snapping never drops an object.
+    """
+    if radius == 0 or len(masks) == 0:
+        return masks
+    h0, w0 = masks.shape[1:]
+    image = frame.float()
+    if frame.dtype == torch.uint8:
+        image = image / 255.0
+    m = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).to(image.device)[None]  # (1, k, H0, W0)
+    small = F.interpolate(m, size=tuple(image.shape[1:]), mode="bilinear", align_corners=False, antialias=True)
+    smooth = guided_filter(image[None], small, radius, eps, step)
+    big = F.interpolate(smooth, size=(h0, w0), mode="bilinear", align_corners=False)[0] > threshold
+    snapped = big.cpu().numpy()
+    empty = ~snapped.reshape(len(masks), -1).any(axis=1)
+    snapped[empty] = masks[empty]
+    return snapped
 
 
 @dataclass
@@ -160,7 +201,8 @@ class DiscoverTrackSession:
 
     def step_async(self, frames: Mapping[int, FrameInput]) -> FinishedStep:
         """One frame per row in ``frames`` (as :meth:`BatchSession.step`): the finder steps, its new objects become
-        the tracker's prompts at this frame, the tracker steps, and its masks are the result."""
+        the tracker's prompts at this frame (snapped onto its edges), the tracker steps, and its masks are the
+        result."""
         if not frames:
             return FinishedStep({})
         small = {row: (item[0], self._finder_frame(item[1]), *item[2:]) for row, item in frames.items()}
@@ -176,7 +218,11 @@ class DiscoverTrackSession:
                 if tracked is not None and tracked.shape != f.masks.shape[1:]:  # a video's frames may change size
                     tracked = _resize_nearest(tracked, f.masks.shape[1:])
                 new = new_objects(f, tracked, free, self.discovery)
-                for k, (_, mask) in enumerate(new):
+                if not new:
+                    continue
+                masks = snap_masks(frames[row][1].to(self.tracker.device), np.stack([m for _, m in new]),
+                                   self.discovery.snap_radius, self.discovery.snap_eps, self.config.threshold)
+                for k, mask in enumerate(masks):
                     prompts.setdefault(row, {})[video.followed + k + 1] = mask  # tracker ids count on
             pending = self.tracker.step_async(frames, prompts)
         except BaseException:

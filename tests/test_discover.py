@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_predictor import ORIG, assert_results_match, box, check_result, tiny, video
 
-from rvos_batch.discover import DiscoverTrackSession, DiscoveryConfig, FinishedStep, new_objects
+from rvos_batch.discover import DiscoverTrackSession, DiscoveryConfig, FinishedStep, new_objects, snap_masks
 from rvos_batch.model import RVOS, ConfigError, RVOSConfig
 from rvos_batch.model.rvos import with_slots
 from rvos_batch.predictor import BatchSession, FrameResult, PredictConfig, preprocess
@@ -63,6 +63,44 @@ def test_discovery_config_is_validated():
         DiscoveryConfig(max_overlap=-0.1)
     with pytest.raises(ConfigError, match="tracker_slots"):
         DiscoveryConfig(tracker_slots=0)
+    with pytest.raises(ConfigError, match="snap_radius"):
+        DiscoveryConfig(snap_radius=-1)
+    with pytest.raises(ConfigError, match="snap_eps"):
+        DiscoveryConfig(snap_eps=0.0)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_snap_masks_moves_a_coarse_mask_onto_the_objects_edges():
+    """A finder mask that spills onto the background on one side and misses the object on the other comes back on
+    the object's own edges; the frame is read at the tracker's input size, the masks stay at the original size."""
+    size, orig = (96, 160), (120, 200)
+    rng = np.random.default_rng(0)
+    rgb = np.clip(rng.normal(150, 6, (*orig, 3)), 0, 255).astype(np.uint8)  # a grey, slightly noisy background
+    obj = box(orig, 30, 90, 50, 130)
+    rgb[obj] = (200, 40, 40)
+    coarse = box(orig, 34, 94, 56, 136)  # the object moved 4 down and 6 right
+    x = preprocess(rgb, size)
+    other = box(orig, 0, 10, 0, 10)  # on the background only
+    snapped = snap_masks(x, np.stack([coarse, other]), radius=8, eps=1e-3)
+    assert snapped.shape == (2, *orig) and snapped.dtype == bool
+    assert _iou(coarse, obj) < 0.77 and _iou(snapped[0], obj) > 0.88  # 0.76 -> 0.90
+    assert snapped[1].sum() > 0 and _iou(snapped[1], obj) == 0.0  # a background mask stays on the background
+    assert np.array_equal(snap_masks(x.float() / 255.0, coarse[None], 8, 1e-3), snapped[:1])  # float frames too
+    assert snap_masks(x, coarse[None], radius=0, eps=1e-3) is not None
+    assert np.array_equal(snap_masks(x, coarse[None], radius=0, eps=1e-3), coarse[None])  # 0: as it is
+
+
+def test_snap_masks_never_drops_an_object():
+    """A mask the filter would empty (one pixel on a flat frame) is handed over as it was."""
+    orig = (60, 80)
+    rgb = np.full((*orig, 3), 90, np.uint8)
+    dot = box(orig, 30, 31, 40, 41)
+    x = preprocess(rgb, (48, 64))
+    assert np.array_equal(snap_masks(x, dot[None], 8, 1e-3), dot[None])
+    assert snap_masks(x, np.zeros((0, *orig), bool), 8, 1e-3).shape == (0, *orig)
 
 
 # ---- the session --------------------------------------------------------------------------------------------
@@ -76,9 +114,12 @@ def test_discover_track_equals_the_finder_then_the_prompted_tracker():
     """The session's output is the tracker's (with more slots than it has), given at each frame the finder's new
     objects (by new_objects)."""
     finder, follow = tiny("zero-shot"), tracker()
-    cfg = PredictConfig(threshold=0.3)
+    cfg = PredictConfig(threshold=0.5)
     discovery = DiscoveryConfig(min_area_fraction=0.01, max_overlap=0.5, tracker_slots=5)
     frames = video(5, seed=6)
+    for _, rgb in frames:  # a dark left half, a light right one: edges for the hand-overs to snap to
+        rgb //= 4
+        rgb[:, ORIG[1] // 2:] += 150
     session = DiscoverTrackSession(finder, follow, cfg, capacity=1, discovery=discovery)
     session.add(0, "v", ORIG)
     got = _run(session, frames)
@@ -87,7 +128,7 @@ def test_discover_track_equals_the_finder_then_the_prompted_tracker():
     alone.add(0, "v", ORIG)
     plain = BatchSession(with_slots(follow, 5), cfg, capacity=1)
     plain.add(0, "v", ORIG)
-    followed = 0
+    followed = snapped = 0
     tracked = None
     want = []
     for fi, rgb in frames:
@@ -96,12 +137,14 @@ def test_discover_track_equals_the_finder_then_the_prompted_tracker():
         prompts = {}
         for _, mask in new_objects(f, tracked, 5 - followed, discovery):
             followed += 1
-            prompts[followed] = mask
+            prompts[followed] = snap_masks(x, mask[None], discovery.snap_radius, discovery.snap_eps, 0.5)[0]
+            snapped += not np.array_equal(prompts[followed], mask)
         r = plain.step({0: (fi, x)}, {0: prompts} if prompts else None)[0]
         tracked = r.masks.any(axis=0) if len(r.masks) else None
         want.append(r)
     assert_results_match(got, want)
     assert followed, "the test finder should find something"
+    assert snapped, "the hand-overs should be snapped onto the frames' edges"
     assert session.tracker.state.num_slots == 5 and follow.config.num_slots == 3
     for r in got:
         check_result(r, ORIG, set(range(1, followed + 1)))
@@ -245,7 +288,8 @@ def test_a_finder_slot_hands_over_again_once_its_mask_lies_off_the_followed_obje
     becomes tracker object 2; at frame 2 it is back on object 1 and is not handed over again, while finder object
     2 becomes tracker object 3."""
     s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(threshold=0.3), capacity=1,
-                             discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.1, tracker_slots=4))
+                             discovery=DiscoveryConfig(min_area_fraction=0.0, max_overlap=0.1, tracker_slots=4,
+                                                       snap_radius=0))  # the finder's masks as they are
     here, there, third = box(ORIG, 5, 25, 5, 25), box(ORIG, 30, 45, 40, 70), box(ORIG, 40, 48, 0, 8)
     script_finder(monkeypatch, s, {0: [(1, here)], 1: [(1, there)], 2: [(1, here), (2, third)]})
     prompts = script_tracker(monkeypatch, s)
@@ -255,6 +299,24 @@ def test_a_finder_slot_hands_over_again_once_its_mask_lies_off_the_followed_obje
     assert np.array_equal(prompts[1][2], there) and np.array_equal(prompts[2][3], third)
     assert results[2].object_ids.tolist() == [1, 2, 3]
     assert s.tracker.state.num_slots == 4  # the tracker was built with 3 slots
+
+
+def test_hand_overs_are_snapped_onto_the_frame(monkeypatch):
+    """The tracker is prompted with the finder's mask snapped onto the frame (at the tracker's input size), not
+    with the finder's own mask."""
+    s = DiscoverTrackSession(tiny("zero-shot"), tracker(), PredictConfig(), capacity=1)
+    rgb = np.full((*ORIG, 3), 140, np.uint8)
+    obj = box(ORIG, 10, 40, 15, 55)
+    rgb[obj] = (30, 60, 220)
+    coarse = box(ORIG, 13, 43, 18, 58)
+    script_finder(monkeypatch, s, {0: [(1, coarse)]})
+    prompts = script_tracker(monkeypatch, s)
+    s.add(0, "v", ORIG)
+    s.step({0: (0, preprocess(rgb, TRACK_SIZE))})
+    d = DiscoveryConfig()
+    want = snap_masks(preprocess(rgb, TRACK_SIZE), coarse[None], d.snap_radius, d.snap_eps)[0]
+    assert np.array_equal(prompts[0][1], want)
+    assert _iou(want, obj) > _iou(coarse, obj) + 0.1
 
 
 def test_frames_of_a_video_may_change_size(monkeypatch):
