@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rvos_batch.model.config import ConfigError
+from rvos_batch.model.config import ConfigError, is_int_in
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,12 @@ class AppearanceConfig:
         if self.refine is not None and (not isinstance(self.refine, (int, float)) or isinstance(self.refine, bool)
                                         or not float(self.refine) >= 1.0):
             raise ConfigError(f"AppearanceConfig.refine={self.refine!r}: allowed is None or a number >= 1")
-        if not isinstance(self.filter, int) or isinstance(self.filter, bool) or not 0 <= self.filter <= 64:
+        if not is_int_in(self.filter, 0, 64):
             raise ConfigError(f"AppearanceConfig.filter={self.filter!r}: allowed is an integer in 0..64 (0: none)")
         if not isinstance(self.filter_eps, (int, float)) or isinstance(self.filter_eps, bool) or not (
                 0.0 < float(self.filter_eps) <= 1.0):
             raise ConfigError(f"AppearanceConfig.filter_eps={self.filter_eps!r}: allowed is a number in (0, 1]")
-        if not isinstance(self.filter_step, int) or isinstance(self.filter_step, bool) or not (
-                1 <= self.filter_step <= 8):
+        if not is_int_in(self.filter_step, 1, 8):
             raise ConfigError(f"AppearanceConfig.filter_step={self.filter_step!r}: allowed is an integer in 1..8")
 
     def ring_pixels(self, height: int) -> int:

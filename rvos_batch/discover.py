@@ -33,7 +33,7 @@ from torch import Tensor
 
 from rvos_batch import rle
 from rvos_batch.appearance import guided_filter
-from rvos_batch.model.config import ConfigError
+from rvos_batch.model.config import ConfigError, is_int_in
 from rvos_batch.model.rvos import RVOS, with_slots
 from rvos_batch.predictor import BatchSession, FrameInput, FrameResult, FrameRLE, PredictConfig
 
@@ -63,8 +63,7 @@ class DiscoveryConfig:
             raise ConfigError(f"DiscoveryConfig.max_overlap={self.max_overlap!r}: allowed is [0, 1]")
         if not isinstance(self.tracker_slots, int) or isinstance(self.tracker_slots, bool) or self.tracker_slots < 1:
             raise ConfigError(f"DiscoveryConfig.tracker_slots={self.tracker_slots!r}: allowed is an integer >= 1")
-        if not isinstance(self.snap_radius, int) or isinstance(self.snap_radius, bool) or not (
-                0 <= self.snap_radius <= 64):
+        if not is_int_in(self.snap_radius, 0, 64):
             raise ConfigError(f"DiscoveryConfig.snap_radius={self.snap_radius!r}: allowed is an integer in 0..64 "
                               "(0: no snapping)")
         if not isinstance(self.snap_eps, (int, float)) or isinstance(self.snap_eps, bool) or not (

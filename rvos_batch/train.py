@@ -31,7 +31,7 @@ from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
-from rvos_batch.model.config import RVOSConfig
+from rvos_batch.model.config import RVOSConfig, is_int_in
 from rvos_batch.model.encoder import load_backbone_weights, mobilenet_v2_weights_path
 from rvos_batch.model.rvos import RVOS
 from rvos_batch.predictor import PredictConfig
@@ -86,8 +86,7 @@ class TrainConfig:
             raise RvosBatchError("--stage 2 (feeding the model's own masks) is for --mode one-shot")
         if self.appearance_check and self.stage != 2:
             raise RvosBatchError("--appearance-check (refining the fed-back masks) is for --mode one-shot --stage 2")
-        if (not isinstance(self.appearance_filter, int) or isinstance(self.appearance_filter, bool)
-                or not 0 <= self.appearance_filter <= 64):
+        if not is_int_in(self.appearance_filter, 0, 64):
             raise RvosBatchError(
                 f"--appearance-filter must be an integer radius in 0..64, got {self.appearance_filter!r}"
             )

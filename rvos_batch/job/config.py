@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rvos_batch.errors import RvosBatchError
-from rvos_batch.model.config import MIN_INPUT_SIDE, is_input_size
+from rvos_batch.model.config import MIN_INPUT_SIDE, is_input_size, is_int_in
 
 if TYPE_CHECKING:
     from rvos_batch.appearance import AppearanceConfig
@@ -76,8 +76,7 @@ class LabelConfig:
             raise RvosBatchError(
                 f"--appearance-refine must be 0 (no refinement) or a ratio >= 1, got {self.appearance_refine!r}"
             )
-        if (not isinstance(self.appearance_filter, int) or isinstance(self.appearance_filter, bool)
-                or not 0 <= self.appearance_filter <= 64):
+        if not is_int_in(self.appearance_filter, 0, 64):
             raise RvosBatchError(
                 f"--appearance-filter must be an integer radius in 0..64 (0: no filter), got {self.appearance_filter!r}"
             )

@@ -102,6 +102,11 @@ def is_input_size(size: object) -> bool:
     )
 
 
+def is_int_in(value: object, low: int, high: int) -> bool:
+    """True for an integer (not a bool) in low..high: the check of the radius-like settings."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
