@@ -103,9 +103,7 @@ def snap_masks(frame: Tensor, masks: np.ndarray, radius: int, eps: float, thresh
     if radius == 0 or len(masks) == 0:
         return masks
     h0, w0 = masks.shape[1:]
-    image = frame.float()
-    if frame.dtype == torch.uint8:
-        image = image / 255.0
+    image = _unit_float(frame)
     m = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).to(image.device)[None]  # (1, k, H0, W0)
     small = F.interpolate(m, size=tuple(image.shape[1:]), mode="bilinear", align_corners=False, antialias=True)
     smooth = guided_filter(image[None], small, radius, eps, step)
@@ -239,11 +237,14 @@ class DiscoverTrackSession:
         """A frame at the tracker's size -> the finder's size (float in [0, 1], antialiased bilinear)."""
         if tuple(x.shape[1:]) == self.finder.input_size:
             return x
-        y = x.float()
-        if x.dtype == torch.uint8:
-            y = y / 255.0
-        y = F.interpolate(y[None], size=self.finder.input_size, mode="bilinear", align_corners=False, antialias=True)
+        y = F.interpolate(_unit_float(x)[None], size=self.finder.input_size, mode="bilinear", align_corners=False,
+                          antialias=True)
         return y[0].clamp_(0.0, 1.0)
+
+
+def _unit_float(x: Tensor) -> Tensor:
+    """A frame given as uint8 or as float in [0, 1] -> float in [0, 1]."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def _resize_nearest(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
