@@ -60,7 +60,6 @@ class TrainConfig:
     input_size: tuple[int, int] | None = None
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
-    jpeg_aug: bool = False  # recompress half the training clips as JPEG (not in the paper; see vosdata._recompress)
     appearance_check: bool = False  # stage 2: feed back masks refined by the appearance check, as labeling does
     appearance_filter: int = 0  # with appearance_check: also the guided filter of this radius, as labeling does
     batch_size: int = 4
@@ -418,8 +417,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     # the model's own size and slots (cfg's are resolved to the same values above)
     data = ClipDataset(train_videos, model.config.input_size, cfg.clip_len, model.config.num_slots, augment=True,
-                       length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug,
-                       jpeg=cfg.jpeg_aug)
+                       length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug)
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0 = time.perf_counter()

@@ -6,13 +6,11 @@ YouTube-VOS: ``ROOT/JPEGImages/<video>/*.jpg``, ``ROOT/Annotations/<video>/*.png
 ``ROOT/meta.json``; ROOT is the split folder (``train/``, ``valid/``). Only annotated frames are used for training.
 
 ``ClipDataset`` yields clips of consecutive annotated frames resized to the model's input size, with one random
-affine and flip per clip (the paper's augmentation), as tensors ready for ``RVOS.forward``. Two augmentations not
-in the paper can be added: a recolouring per clip (``colour``) and a JPEG recompression per clip (``jpeg``).
+affine and flip per clip (the paper's augmentation), as tensors ready for ``RVOS.forward``.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import random
 from dataclasses import dataclass
@@ -106,8 +104,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos: list[VOSVideo], size: tuple[int, int], clip_len: int = 5, max_objects: int = 10,
-                 augment: bool = True, length: int = 10_000, seed: int = 0, colour: bool = False,
-                 jpeg: bool = False) -> None:
+                 augment: bool = True, length: int = 10_000, seed: int = 0, colour: bool = False) -> None:
         self.videos = videos
         self.size = size
         self.clip_len = clip_len
@@ -116,7 +113,6 @@ class ClipDataset(torch.utils.data.Dataset):
         self.length = length
         self.seed = seed
         self.colour = colour  # also recolour each clip (see _recolour); only with augment
-        self.jpeg = jpeg  # also recompress half the clips as JPEG (see _recompress); only with augment
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -139,8 +135,6 @@ class ClipDataset(torch.utils.data.Dataset):
             img, lab = _augment(img, lab, rng)
             if self.colour:
                 img = _recolour(img, rng)
-            if self.jpeg and rng.random() < JPEG_AUG_P:
-                img = _recompress(img, rng.randint(*JPEG_AUG_QUALITY))
         ids = [int(i) for i in torch.unique(lab).tolist() if i not in (0, VOID)][: self.max_objects]
         masks = torch.zeros(self.clip_len, self.max_objects, *self.size)
         for k, obj in enumerate(ids):
@@ -184,28 +178,6 @@ def _recolour(img: Tensor, rng: random.Random) -> Tensor:
     if rng.random() < 0.1:
         img = _luma(img).expand(-1, 3, -1, -1)
     return img.clamp(0.0, 1.0).contiguous()
-
-
-JPEG_AUG_P = 0.5  # share of clips recompressed by ``ClipDataset(jpeg=True)``
-JPEG_AUG_QUALITY = (30, 95)  # their JPEG quality, uniform (inclusive), one draw per clip
-
-
-def _recompress(img: Tensor, quality: int) -> Tensor:
-    """Every frame of a clip (T, 3, H, W) in [0, 1] encoded as a JPEG of this quality and decoded again.
-
-    Not in the paper: the shipped model, trained on frames all written once at quality 90, scored 2.4 points of
-    J&F lower on its validation videos merely re-encoded at quality 95, and 5.5 points lower at quality 75 (see
-    the model card). Corpora come at every quality, and as decoded video with its own artefacts.
-    """
-    frames = (img * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    out = []
-    for frame in frames:
-        buf = io.BytesIO()
-        Image.fromarray(frame).save(buf, format="JPEG", quality=int(quality))
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out.append(np.asarray(im.convert("RGB")))
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float().div(255.0).contiguous()
 
 
 def _luma(img: Tensor) -> Tensor:

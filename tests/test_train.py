@@ -306,34 +306,6 @@ def test_colour_augmentation_recolours_images_only(tmp_path):
     assert np.isfinite(train(cfg, progress=False)["best_val_soft_iou"])
 
 
-def test_jpeg_recompression_degrades_with_quality_and_keeps_labels(tmp_path):
-    from rvos_batch.cli import main
-    from rvos_batch.vosdata import ClipDataset, _recompress, list_videos
-
-    rng = np.random.default_rng(0)
-    clip = torch.from_numpy(rng.random((2, 3, 48, 80), dtype=np.float32))  # noise: JPEG loses most of it
-    low, high = _recompress(clip, 30), _recompress(clip, 95)
-    assert low.shape == clip.shape and low.dtype == torch.float32 and 0.0 <= low.min() <= low.max() <= 1.0
-    assert 0.0 < (high - clip).abs().mean() < (low - clip).abs().mean()
-    assert torch.equal(_recompress(clip, 30), low)  # no randomness of its own
-
-    data = _make_davis(tmp_path / "davis")
-    videos = list_videos(data, "train")
-    plain = ClipDataset(videos, (48, 80), clip_len=3, max_objects=3, length=16, seed=1)
-    jpeg = ClipDataset(videos, (48, 80), clip_len=3, max_objects=3, length=16, seed=1, jpeg=True)
-    changed = 0
-    for i in range(16):
-        a, b = plain[i], jpeg[i]
-        for key in ("masks", "void", "present"):
-            assert torch.equal(a[key], b[key]), key  # the labels and the geometry are untouched
-        changed += not torch.equal(a["images"], b["images"])
-    assert 2 <= changed <= 14  # about half the clips (JPEG_AUG_P), each one a draw
-    assert main(["train", str(data), str(tmp_path / "run"), "--mode", "one-shot", "--iters", "2", "--jpeg-aug",
-                 "--backbone", "mobilenet_v2", "--backbone-weights", "none", "--input-size", "48x80", "--hidden", "8",
-                 "--slots", "3", "--clip-len", "3", "--batch-size", "2", "--threads", "1"]) == 0
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["jpeg_aug"] is True
-
-
 @pytest.mark.parametrize("addition", ["refine", "match"])
 def test_an_addition_is_put_on_top_of_a_trained_model(tmp_path, addition):
     """--refine / --match with --init: every trained weight is kept, the logits start equal, and training moves

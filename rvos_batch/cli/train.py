@@ -37,8 +37,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-len", type=int, default=5)
     p.add_argument("--color-aug", action="store_true",
                    help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
-    p.add_argument("--jpeg-aug", action="store_true",
-                   help="also recompress half the clips as JPEG at quality 30-95, one draw per clip (not in the paper)")
     p.add_argument("--appearance-check", action="store_true",
                    help="one-shot --stage 2: refine the fed-back masks by the appearance check between frames, as "
                         "labeling does (not in the paper; see rvos_batch.appearance)")
@@ -70,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, mode=args.mode, stage=args.stage, backbone=args.backbone,
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
         recurrence=args.recurrence, refine=args.refine, match=args.match, hidden=args.hidden, num_slots=args.slots,
-        input_size=args.input_size, clip_len=args.clip_len, color_aug=args.color_aug, jpeg_aug=args.jpeg_aug,
-        appearance_check=args.appearance_check,
+        input_size=args.input_size,
+        clip_len=args.clip_len, color_aug=args.color_aug, appearance_check=args.appearance_check,
         appearance_filter=args.appearance_filter,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
