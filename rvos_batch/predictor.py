@@ -60,7 +60,9 @@ class PredictConfig:
     the compiled shapes never change as videos end. None of these change what a frame's masks are meant to be;
     bfloat16 and compiled kernels round differently from float32. appearance: the appearance check
     (:mod:`rvos_batch.appearance`; one-shot slots against their given masks, zero-shot slots against their first
-    masks), or None to report every mask the model makes.
+    masks), or None to report every mask the model makes. given_is_output: at a frame where an object's mask is
+    given, report that mask as its output (one-shot; see :meth:`BatchSession.step`) rather than the model's reading
+    of it.
     """
 
     threshold: float = 0.5
@@ -72,6 +74,7 @@ class PredictConfig:
     compile: str | None = None
     fixed_batch: bool = False
     appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)
+    given_is_output: bool = True
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> PredictConfig:
@@ -101,6 +104,8 @@ class PredictConfig:
                 f"PredictConfig.compile={self.compile!r}: allowed values are None, "
                 f"{list(COMPILE_MODES + COMPILE_BACKENDS)}"
             )
+        if not isinstance(self.given_is_output, bool):
+            raise ConfigError(f"PredictConfig.given_is_output={self.given_is_output!r}: allowed is True or False")
         if self.appearance is not None and not isinstance(self.appearance, AppearanceConfig):
             raise ConfigError(
                 f"PredictConfig.appearance={self.appearance!r}: allowed is None or an AppearanceConfig"
@@ -322,6 +327,11 @@ class BatchSession:
         prompts (one-shot only): row -> object_id -> bool mask (H0, W0), masks given at this very frame, as if they
         had come with ``add``'s prompts: a new object takes the row's next slot from this frame on, a started one
         is re-anchored. They are kept only if the step succeeds.
+
+        At a frame where an object's mask is given (here or with ``add``), that mask is its output (unless
+        ``PredictConfig.given_is_output`` is off), resized to the model's input size and back like every output,
+        and always reported. Other objects give up the pixels it
+        takes; where given masks overlap, the lower slot takes the pixel.
         """
         return self.step_async(frames, prompts).result()
 
@@ -413,6 +423,15 @@ class BatchSession:
                                          self.config.appearance, self.config.threshold, smooth=self.one_shot)
                 if fed is not new_sub.prev_masks:
                     new_sub = replace(new_sub, prev_masks=fed)
+            if given is not None and valid is not None and self.config.given_is_output:
+                # A mask given at this frame is that object's output here, as SAM 2 reports a mask prompt: not the
+                # model's reading of it. It passes through the input size like any output (J > 0.99 against it).
+                # Other objects give up its pixels, as the model clears them from their fed-back masks.
+                due = valid[:, :n_active]  # (b, n)
+                mine = given[:, :n_active].to(probs.dtype) * due[:, :, None, None]
+                claimed = mine.amax(1, keepdim=True)  # (b, 1, h, w)
+                probs = torch.where(due[:, :, None, None], mine, probs * (1 - claimed))
+                reportable = reportable | due
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub

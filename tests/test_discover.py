@@ -3,6 +3,8 @@ to its parts, batched equal to one video at a time, failures undone)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -125,7 +127,7 @@ def test_discover_track_equals_the_finder_then_the_prompted_tracker():
 
     alone = BatchSession(finder, cfg, capacity=1)
     alone.add(0, "v", ORIG)
-    plain = BatchSession(with_slots(follow, 5), cfg, capacity=1)
+    plain = BatchSession(with_slots(follow, 5), replace(cfg, given_is_output=False), capacity=1)  # hand-overs read
     plain.add(0, "v", ORIG)
     followed = snapped = 0
     tracked = None

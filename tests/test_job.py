@@ -139,6 +139,7 @@ def test_label_sharded_resume_and_refusal(tmp_path, model_path, ray_local):
     assert redone.shards_done == 4
     run = json.loads(Path(out, "run.json").read_text())
     assert run["config"]["threshold"] == 0.7 and run["model"]["sha256"]
+    assert "given_masks" not in run["fingerprint"]  # zero-shot without a tracker: nothing is given
     assert len(run["runs"]) == 1  # overwrite starts the history again
 
 
@@ -162,6 +163,16 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert set(masks.column("object_id").to_pylist()) <= {1, 2}
     # the appearance check is on by default; its settings join the fingerprint, so a run without it is refused
     assert run["model"]["appearance"] == run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig())
+    # a given mask is its frame's output: an OUT labeled before that rule (no such key) is refused
+    assert run["fingerprint"]["given_masks"] == "output"
+    assert run_job(cfg, progress=False).shards_done == 0  # the same rule: nothing left to do
+    run_path = Path(cfg.out, "run.json")
+    older = json.loads(run_path.read_text())
+    del older["fingerprint"]["given_masks"]
+    run_path.write_text(json.dumps(older))
+    with pytest.raises(MaskStoreError, match="given_masks"):
+        run_job(cfg, progress=False)
+    run_path.write_text(json.dumps(run))
     with pytest.raises(MaskStoreError, match="appearance"):
         run_job(dataclasses.replace(cfg, appearance_check=False), progress=False)
     plain = run_job(dataclasses.replace(cfg, appearance_check=False, out=str(tmp_path / "plain")), progress=False)
@@ -210,6 +221,7 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
         DiscoveryConfig())
     # the tracker is checked, but its masks are not filtered: the run records filter 0
     assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig(filter=0))
+    assert "given_masks" not in run["fingerprint"]  # a hand-over is the finder's guess: the tracker's mask is output
     assert run_job(cfg, progress=False).shards_skipped == 1
     with pytest.raises(MaskStoreError, match="tracker_sha256"):  # the same OUT without the tracker is refused
         run_job(dataclasses.replace(cfg, tracker=None), progress=False)

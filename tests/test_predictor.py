@@ -74,6 +74,8 @@ def test_predict_config_validation():
         PredictConfig(device="gpu0")
     with pytest.raises(ConfigError, match=r"max_batch_videos=0"):
         PredictConfig(max_batch_videos=0)
+    with pytest.raises(ConfigError, match=r"given_is_output='yes'"):
+        PredictConfig(given_is_output="yes")  # type: ignore[arg-type]
 
 
 def test_preprocess_resizes_to_the_model_input():
@@ -137,6 +139,31 @@ def test_one_shot_ids_follow_prompts_and_start_at_their_frame():
         # slots: 3 -> 0, 7 -> 1 (frame 0, by id), 5 -> 2 (frame 2); slot 3 is never used
         assert session.state.started[0].tolist() == [True, True, fi >= 2, False]
     assert seen[0] and seen[-1]
+
+
+def test_a_given_mask_is_its_objects_output_at_its_frame():
+    """At the frame a mask is given (with add or with the step), the output is that mask, not the model's reading
+    of it: through the input size and back, so up to its edge pixels. Other objects give up its pixels."""
+    model = tiny("one-shot", slots=4)
+    a, b, c = box(ORIG, 5, 30, 5, 30), box(ORIG, 20, 45, 40, 65), box(ORIG, 10, 40, 15, 55)  # c overlaps a and b
+    session = BatchSession(model, PredictConfig(), capacity=1)
+    session.add(0, "v", ORIG, {0: {3: a, 7: b}})
+    for fi, rgb in video(3, seed=2):
+        r = session.step({0: (fi, preprocess(rgb, SIZE))}, {0: {5: c}} if fi == 2 else None)[0]
+        check_result(r, ORIG, {3, 5, 7})
+        out = dict(zip(r.object_ids.tolist(), r.masks, strict=True))
+        if fi == 0:
+            for obj, m in ((3, a), (7, b)):
+                assert (out[obj] != m).sum() <= 10, obj  # boxes come back whole; in general, edge pixels may move
+        if fi == 2:
+            assert (out[5] != c).sum() <= 10
+            assert not any(out[o][c].any() for o in (3, 7) if o in out)  # c's pixels are object 5's alone
+    # given_is_output=False (a tracker's hand-overs): the model's own reading of the mask, which differs here
+    read = BatchSession(model, PredictConfig(given_is_output=False), capacity=1)
+    read.add(0, "v", ORIG, {0: {3: a, 7: b}})
+    r = read.step({0: (0, preprocess(video(1, seed=2)[0][1], SIZE))})[0]
+    own = dict(zip(r.object_ids.tolist(), r.masks, strict=True))
+    assert (own.get(3, np.zeros_like(a)) != a).sum() > 50
 
 
 def test_one_shot_without_prompts_gives_empty_results():

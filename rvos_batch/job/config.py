@@ -138,6 +138,8 @@ def output_fingerprint(
     settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``, and the
     appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run with the check on
     (:meth:`LabelConfig.appearance_config`), so a run with ``--no-appearance-check`` keeps the plain fingerprint.
+    One-shot runs record ``given_masks``: an OUT labeled before a given mask became its frame's output is refused
+    rather than finished under the new rule.
     """
     fp: dict[str, Any] = {k: getattr(config, k) for k in LabelConfig.OUTPUT_FIELDS}
     fp["prompts"] = config.prompts_url
@@ -150,7 +152,14 @@ def output_fingerprint(
         fp["discovery"] = discovery
     if appearance is not None:
         fp["appearance"] = appearance
+    if config.mode == "one-shot":
+        fp["given_masks"] = GIVEN_MASKS
     return fp
+
+
+# What a one-shot run reports at a frame where an object's mask is given: since this rule, the given mask itself
+# (PredictConfig.given_is_output); before it, the model's reading. A tracker's hand-overs are still read.
+GIVEN_MASKS = "output"
 
 
 def digest(value: Any) -> str:
