@@ -330,8 +330,8 @@ class BatchSession:
 
         At a frame where an object's mask is given (here or with ``add``), that mask is its output (unless
         ``PredictConfig.given_is_output`` is off), resized to the model's input size and back like every output,
-        and always reported. Other objects give up the pixels it
-        takes; where given masks overlap, the lower slot takes the pixel.
+        and reported even where the appearance check would leave the object out. Other objects give up the pixels
+        it takes; where given masks overlap, the lower slot takes the pixel.
         """
         return self.step_async(frames, prompts).result()
 
