@@ -34,7 +34,7 @@ from rvos_batch import rle, rle_torch
 from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
 from rvos_batch.model.config import ConfigError, RVOSConfig
-from rvos_batch.model.rvos import RVOS, RVOSState
+from rvos_batch.model.rvos import RVOS, RVOSState, given_claims, overlay_given
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -426,12 +426,10 @@ class BatchSession:
             if given is not None and valid is not None and self.config.given_is_output:
                 # A mask given at this frame is that object's output here, as SAM 2 reports a mask prompt: not the
                 # model's reading of it. It passes through the input size like any output (J > 0.99 against it).
-                # Other objects give up its pixels, as the model clears them from their fed-back masks.
-                due = valid[:, :n_active]  # (b, n)
-                mine = given[:, :n_active].to(probs.dtype) * due[:, :, None, None]
-                claimed = mine.amax(1, keepdim=True)  # (b, 1, h, w)
-                probs = torch.where(due[:, :, None, None], mine, probs * (1 - claimed))
-                reportable = reportable | due
+                # Other objects give up its pixels, by the rule the model applies to their fed-back masks.
+                given = given.to(probs.dtype)
+                probs = overlay_given(probs, given, valid, given_claims(given, valid))
+                reportable = reportable | valid[:, :n_active]
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub

@@ -118,6 +118,19 @@ def _row_index(rows: RowIndex, device: torch.device) -> Tensor:
     return torch.as_tensor(rows, dtype=torch.long, device=device).reshape(-1)
 
 
+def given_claims(given: Tensor, valid: Tensor) -> Tensor:
+    """(B, 1, H, W): the pixels the masks given at a frame, (B, S, H, W) where ``valid`` (B, S), assign to their
+    objects: ground truth there, so no other object's."""
+    return (given * valid[:, :, None, None]).amax(1, keepdim=True)
+
+
+def overlay_given(masks: Tensor, given: Tensor, valid: Tensor, claimed: Tensor) -> Tensor:
+    """Slot masks (B, n, H, W), n <= S, with the masks given at this frame: a given slot takes its mask, every other
+    slot gives up the ``claimed`` pixels (:func:`given_claims`)."""
+    n = masks.shape[1]
+    return torch.where(valid[:, :n, None, None], given[:, :n], masks * (1 - claimed))
+
+
 class RVOS(nn.Module):
     """RVOS / RVOS-Mask with S, T or ST recurrence, as set by ``config``."""
 
@@ -258,8 +271,8 @@ class RVOS(nn.Module):
             assert prev is not None
             started = started | valid
             given = given_masks.to(prev.dtype)
-            claimed = (given * valid[:, :, None, None]).amax(1, keepdim=True)
-            prev = torch.where(valid[:, :, None, None], given, prev * (1 - claimed))
+            claimed = given_claims(given, valid)
+            prev = overlay_given(prev, given, valid, claimed)
             if cfg.temporal:
                 cleared = [F.adaptive_max_pool2d(claimed, size) for size in sizes]
 
@@ -300,7 +313,7 @@ class RVOS(nn.Module):
             fed = torch.sigmoid(logits.detach()).to(prev.dtype)  # (B, n, H, W)
             if valid is not None:
                 assert claimed is not None
-                fed = torch.where(valid[:, :n, None, None], prev[:, :n], fed * (1 - claimed))
+                fed = overlay_given(fed, given, valid, claimed)
             fed = fed * keep[:, :, None, None]
             prev_masks = torch.cat([fed, state.prev_masks[:, n:]], dim=1)  # (B, S, H, W)
         new_state = RVOSState(
