@@ -11,6 +11,8 @@ from scipy import ndimage
 from rvos_batch.appearance import (
     AppearanceConfig,
     AppearanceState,
+    _box,
+    _cells,
     bhattacharyya,
     check,
     colour_bins,
@@ -213,6 +215,26 @@ def test_guided_filter_matches_its_definition():
         for i in range(2):
             for k in range(2):
                 np.testing.assert_allclose(got[i, k], _guided_reference(image[i], probs[i, k], r, eps), atol=1e-4)
+
+
+def test_window_means_match_a_plain_loop():
+    """The guided filter's window means (shifted sums over the part of the window inside the plane) and its
+    cell means, against loops: radii from 0 to past the plane's size, sizes that the step does and does not divide."""
+    rng = np.random.default_rng(5)
+    x = rng.random((2, 3, 7, 10))
+    for r in (0, 1, 2, 4, 12):
+        want = np.zeros_like(x)
+        for y in range(7):
+            for z in range(10):
+                want[:, :, y, z] = x[:, :, max(0, y - r): y + r + 1, max(0, z - r): z + r + 1].mean(axis=(2, 3))
+        np.testing.assert_allclose(_box(torch.from_numpy(x), r).numpy(), want, atol=1e-12, err_msg=f"radius {r}")
+    for h, w, step in ((6, 10, 2), (7, 10, 2), (9, 9, 3), (7, 10, 4)):
+        cells = _cells(torch.from_numpy(x[:, :, :h, :w]), step).numpy()
+        want = np.zeros((2, 3, -(-h // step), -(-w // step)))
+        for i in range(want.shape[2]):
+            for j in range(want.shape[3]):
+                want[:, :, i, j] = x[:, :, i * step: (i + 1) * step, j * step: (j + 1) * step].mean(axis=(2, 3))
+        np.testing.assert_allclose(cells, want, atol=1e-12, err_msg=f"{h}x{w} step {step}")
 
 
 def test_guided_filter_keeps_what_the_colours_explain_and_moves_edges_onto_the_frames():
