@@ -125,6 +125,11 @@ class LabelConfig:
         return d
 
 
+# What a one-shot run reports at a frame where an object's mask is given: since this rule, the given mask itself
+# (PredictConfig.given_is_output); before it, the model's reading. A tracker's hand-overs are still read.
+GIVEN_MASKS = "output"
+
+
 def output_fingerprint(
     config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int],
     tracker_sha256: str | None = None, discovery: dict[str, Any] | None = None,
@@ -155,11 +160,6 @@ def output_fingerprint(
     if config.mode == "one-shot":
         fp["given_masks"] = GIVEN_MASKS
     return fp
-
-
-# What a one-shot run reports at a frame where an object's mask is given: since this rule, the given mask itself
-# (PredictConfig.given_is_output); before it, the model's reading. A tracker's hand-overs are still read.
-GIVEN_MASKS = "output"
 
 
 def digest(value: Any) -> str:
