@@ -480,6 +480,48 @@ class EvalResult:
             "F-Decay": _mean(o.f_decay for o in self.objects),
         }
 
+    def bootstrap(self, samples: int, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+        """How far the summary figures could move on another set of videos like these: a percentile bootstrap over
+        videos (Efron and Tibshirani 1993, ch. 13). Each of ``samples`` replicates draws as many videos as were
+        scored, with replacement, and takes the summary over their objects, as :meth:`summary` does (J&F-Mean is the
+        mean of the replicate's J-Mean and F-Mean). Videos, not objects, are drawn, because a video's objects share
+        its frames, its motion and its difficulty.
+
+        Returns ``{"samples", "seed", "level", "unit": "video", "std": {key: ...}, "interval": {key: [low, high]}}``
+        for every summary key: the replicates' standard deviation and their central ``level`` interval (None where
+        a figure is NaN in every replicate). Deterministic for a given ``seed``."""
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
+            raise EvaluationError(f"bootstrap samples={samples!r}: allowed is an integer >= 2")
+        if not 0.0 < float(level) < 1.0:
+            raise EvaluationError(f"bootstrap level={level!r}: allowed is a number in (0, 1)")
+        if not self.objects:
+            raise EvaluationError("bootstrap: no objects were scored")
+        videos = sorted({o.video_id for o in self.objects})
+        video_of = np.array([videos.index(o.video_id) for o in self.objects])
+        keys = [k for k in SUMMARY_KEYS if k != "J&F-Mean"]
+        attrs = {"J-Mean": "j_mean", "J-Recall": "j_recall", "J-Decay": "j_decay", "F-Mean": "f_mean",
+                 "F-Recall": "f_recall", "F-Decay": "f_decay"}
+        values = np.array([[getattr(o, attrs[k]) for k in keys] for o in self.objects], dtype=np.float64)  # (n, 6)
+        rng = np.random.default_rng(seed)
+        counts = rng.multinomial(len(videos), np.full(len(videos), 1.0 / len(videos)), size=samples)  # (R, V)
+        weights = counts[:, video_of].astype(np.float64)  # (R, n): how often each object's video was drawn
+        known = np.isfinite(values)
+        totals = weights @ np.where(known, values, 0.0)  # (R, 6)
+        drawn = weights @ known.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = totals / drawn  # NaN where a replicate drew no object with that figure
+        reps = dict(zip(keys, means.T, strict=True))
+        reps["J&F-Mean"] = (reps["J-Mean"] + reps["F-Mean"]) / 2
+        tail = 100 * (1 - float(level)) / 2
+        std: dict[str, float | None] = {}
+        interval: dict[str, list[float] | None] = {}
+        for key in SUMMARY_KEYS:
+            r = reps[key][np.isfinite(reps[key])]
+            std[key] = float(np.std(r)) if r.size else None
+            interval[key] = [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))] if r.size else None
+        return {"samples": samples, "seed": seed, "level": float(level), "unit": "video", "std": std,
+                "interval": interval}
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: the summary keys, ``per_object`` and, when computed, ``youtube_vos``; NaN -> None."""
         out: dict[str, Any] = {k: _finite(v) for k, v in self.summary().items()}

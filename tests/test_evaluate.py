@@ -20,7 +20,9 @@ from scipy import ndimage
 
 from rvos_batch import imaging
 from rvos_batch.evaluate import (
+    EvalResult,
     EvaluationError,
+    ObjectScore,
     boundary_measure,
     boundary_radius,
     evaluate,
@@ -447,3 +449,61 @@ def test_mask_dataset_inputs_score_like_png_folders(tmp_path: Path) -> None:
         want = evaluate(str(tmp_path / "pred_png"), str(tmp_path / "gt"), protocol).summary()
         assert evaluate(str(tmp_path / "pred_ds"), str(tmp_path / "gt"), protocol).summary() == want
         assert evaluate(str(tmp_path / "pred_ds"), str(tmp_path / "gt_ds"), protocol).summary() == want
+
+
+def _video_result(scores: dict[str, list[float]]) -> EvalResult:
+    """An EvalResult with, per video, objects of these J-Mean values (F-Mean the same, recall and decay 0)."""
+    objects = []
+    for video, values in scores.items():
+        for k, v in enumerate(values, start=1):
+            frames = np.full(3, v)
+            objects.append(ObjectScore(video, k, k, v, 0.0, 0.0, v, 0.0, 0.0, frames, frames))
+    return EvalResult("semi-supervised", tuple(objects))
+
+
+def test_bootstrap_draws_videos_with_replacement() -> None:
+    # two videos of one object each, J = F = 0 and 1: a replicate draws both (0.5, chance 1/2) or one twice (0 or 1,
+    # 1/4 each), so the replicates' standard deviation is sqrt(1/8) and the 95% interval is [0, 1]
+    boot = _video_result({"a": [0.0], "b": [1.0]}).bootstrap(20000, seed=1)
+    assert boot["std"]["J&F-Mean"] == pytest.approx(math.sqrt(1 / 8), abs=0.01)
+    assert boot["interval"]["J&F-Mean"] == [0.0, 1.0]
+    assert boot["interval"]["J-Decay"] == [0.0, 0.0] and boot["std"]["J-Decay"] == 0.0
+    assert boot == _video_result({"a": [0.0], "b": [1.0]}).bootstrap(20000, seed=1), "deterministic for a seed"
+    # videos, not objects, are drawn: a video of three objects at 1 and one of an object at 0 give replicate means
+    # 1 (chance 1/4), 0 (1/4) and 3/4 (1/2), a standard deviation of 0.375; drawing 4 of the 4 objects would give
+    # sqrt(3/16 / 4) = 0.217
+    boot = _video_result({"a": [1.0, 1.0, 1.0], "b": [0.0]}).bootstrap(20000, seed=2, level=0.9)
+    assert boot["std"]["J-Mean"] == pytest.approx(0.375, abs=0.01)
+    assert boot["interval"]["J-Mean"] == [0.0, 1.0]
+    assert {"samples": 20000, "seed": 2, "level": 0.9, "unit": "video"}.items() <= boot.items()
+    # identical videos: no spread
+    boot = _video_result({"a": [0.6, 0.8], "b": [0.6, 0.8], "c": [0.6, 0.8]}).bootstrap(100)
+    assert boot["interval"]["J&F-Mean"] == pytest.approx([0.7, 0.7]) and boot["std"]["J&F-Mean"] == pytest.approx(0)
+    for bad in (1, 0, 2.5, True):
+        with pytest.raises(EvaluationError, match="bootstrap samples"):
+            _video_result({"a": [1.0]}).bootstrap(bad)  # type: ignore[arg-type]
+    with pytest.raises(EvaluationError, match="bootstrap level"):
+        _video_result({"a": [1.0]}).bootstrap(10, level=1.0)
+
+
+def test_cli_bootstrap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rvos_batch.cli import main
+
+    for v, shift in (("a", 0), ("b", 6)):  # one perfect video, one whose prediction is shifted
+        gt = np.zeros((5, 24, 32), np.uint8)
+        gt[:, 4:12, 4:12] = 1
+        _write_pngs(tmp_path / "gt" / "Annotations" / "480p" / v, gt)
+        _write_pngs(tmp_path / "pred" / v, np.roll(gt, shift, axis=2))
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json"]) == 0
+    assert "bootstrap" not in json.loads(capsys.readouterr().out), "the default JSON is the package's names only"
+    assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json", "--bootstrap", "500"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    boot = data["bootstrap"]
+    assert set(boot["interval"]) == set(boot["std"]) == {
+        "J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"}
+    low, high = boot["interval"]["J-Mean"]
+    worse = data["per_object"]["b_1"]["J-Mean"]
+    assert low == pytest.approx(worse) and high == 1.0 and low < data["J-Mean"] < high
+    assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--bootstrap", "500"]) == 0
+    assert "95% interval, 500 bootstrap replicates over videos" in capsys.readouterr().out
