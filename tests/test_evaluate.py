@@ -507,3 +507,6 @@ def test_cli_bootstrap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert low == pytest.approx(worse) and high == 1.0 and low < data["J-Mean"] < high
     assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--bootstrap", "500"]) == 0
     assert "95% interval, 500 bootstrap replicates over videos" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--bootstrap", "1"])
+    assert exit_info.value.code == 2 and "integer >= 2" in capsys.readouterr().err

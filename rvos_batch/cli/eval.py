@@ -44,11 +44,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", metavar="JSON", help="JSON object of fsspec/s3fs options")
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=_samples,
         metavar="N",
         help="also a 95%% interval of every summary figure: N bootstrap replicates drawing videos with replacement",
     )
     p.add_argument("--bootstrap-seed", type=int, default=0, metavar="S", help="the bootstrap's random seed (0)")
+
+
+def _samples(text: str) -> int:
+    """--bootstrap's N, checked before the scoring starts rather than after it."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is an integer >= 2 (bootstrap replicates)")
+    return n
 
 
 def _pct(v: float | None) -> str:
