@@ -84,6 +84,9 @@ DEFAULT_BOUND_TH = 0.008
 RECALL_THRESHOLD = 0.5
 _CHUNK_PIXELS = 8_000_000  # frames per work chunk: about this many pixels (bounds the memory of the bit tables)
 SUMMARY_KEYS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+# Each summary figure but J&F-Mean is the mean over objects of this ObjectScore attribute.
+OBJECT_FIGURES = {"J-Mean": "j_mean", "J-Recall": "j_recall", "J-Decay": "j_decay", "F-Mean": "f_mean",
+                  "F-Recall": "f_recall", "F-Decay": "f_decay"}
 
 
 class EvaluationError(RvosBatchError):
@@ -468,17 +471,8 @@ class EvalResult:
     youtube_vos: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, float]:
-        jm = _mean(o.j_mean for o in self.objects)
-        fm = _mean(o.f_mean for o in self.objects)
-        return {
-            "J&F-Mean": (jm + fm) / 2,
-            "J-Mean": jm,
-            "J-Recall": _mean(o.j_recall for o in self.objects),
-            "J-Decay": _mean(o.j_decay for o in self.objects),
-            "F-Mean": fm,
-            "F-Recall": _mean(o.f_recall for o in self.objects),
-            "F-Decay": _mean(o.f_decay for o in self.objects),
-        }
+        out = {key: _mean(getattr(o, attr) for o in self.objects) for key, attr in OBJECT_FIGURES.items()}
+        return {"J&F-Mean": (out["J-Mean"] + out["F-Mean"]) / 2, **out}
 
     def bootstrap(self, samples: int, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
         """How far the summary figures could move on another set of videos like these: a percentile bootstrap over
@@ -496,12 +490,11 @@ class EvalResult:
             raise EvaluationError(f"bootstrap level={level!r}: allowed is a number in (0, 1)")
         if not self.objects:
             raise EvaluationError("bootstrap: no objects were scored")
-        videos = sorted({o.video_id for o in self.objects})
-        video_of = np.array([videos.index(o.video_id) for o in self.objects])
-        keys = [k for k in SUMMARY_KEYS if k != "J&F-Mean"]
-        attrs = {"J-Mean": "j_mean", "J-Recall": "j_recall", "J-Decay": "j_decay", "F-Mean": "f_mean",
-                 "F-Recall": "f_recall", "F-Decay": "f_decay"}
-        values = np.array([[getattr(o, attrs[k]) for k in keys] for o in self.objects], dtype=np.float64)  # (n, 6)
+        videos = {v: i for i, v in enumerate(sorted({o.video_id for o in self.objects}))}
+        video_of = np.array([videos[o.video_id] for o in self.objects])
+        keys = list(OBJECT_FIGURES)
+        values = np.array([[getattr(o, a) for a in OBJECT_FIGURES.values()] for o in self.objects],
+                          dtype=np.float64)  # (n, 6)
         rng = np.random.default_rng(seed)
         counts = rng.multinomial(len(videos), np.full(len(videos), 1.0 / len(videos)), size=samples)  # (R, V)
         weights = counts[:, video_of].astype(np.float64)  # (R, n): how often each object's video was drawn
@@ -518,7 +511,7 @@ class EvalResult:
         for key in SUMMARY_KEYS:
             r = reps[key][np.isfinite(reps[key])]
             std[key] = float(np.std(r)) if r.size else None
-            interval[key] = [float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))] if r.size else None
+            interval[key] = [float(q) for q in np.percentile(r, [tail, 100 - tail])] if r.size else None
         return {"samples": samples, "seed": seed, "level": float(level), "unit": "video", "std": std,
                 "interval": interval}
 
