@@ -484,8 +484,7 @@ class EvalResult:
         Returns ``{"samples", "seed", "level", "unit": "video", "std": {key: ...}, "interval": {key: [low, high]}}``
         for every summary key: the replicates' standard deviation and their central ``level`` interval (None where
         a figure is NaN in every replicate). Deterministic for a given ``seed``."""
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
-            raise EvaluationError(f"bootstrap samples={samples!r}: allowed is an integer >= 2")
+        check_bootstrap_samples(samples)
         if not 0.0 < float(level) < 1.0:
             raise EvaluationError(f"bootstrap level={level!r}: allowed is a number in (0, 1)")
         if not self.objects:
@@ -531,6 +530,13 @@ class EvalResult:
         if self.youtube_vos is not None:
             out["youtube_vos"] = {k: _finite(v) if isinstance(v, float) else v for k, v in self.youtube_vos.items()}
         return out
+
+
+def check_bootstrap_samples(samples: object) -> int:
+    """``samples`` if it is a valid number of bootstrap replicates (an integer >= 2), else EvaluationError."""
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
+        raise EvaluationError(f"bootstrap samples={samples!r}: allowed is an integer >= 2")
+    return samples
 
 
 def _finite(v: float) -> float | None:

@@ -18,7 +18,15 @@ import json
 import logging
 import math
 
-from rvos_batch.evaluate import DEFAULT_BOUND_TH, MAX_PROPOSALS, PROTOCOLS, SUMMARY_KEYS, evaluate
+from rvos_batch.evaluate import (
+    DEFAULT_BOUND_TH,
+    MAX_PROPOSALS,
+    PROTOCOLS,
+    SUMMARY_KEYS,
+    EvaluationError,
+    check_bootstrap_samples,
+    evaluate,
+)
 from rvos_batch.storage import parse_storage_options
 
 log = logging.getLogger(__name__)
@@ -54,12 +62,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def _samples(text: str) -> int:
     """--bootstrap's N, checked before the scoring starts rather than after it."""
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: allowed is an integer >= 2 (bootstrap replicates)")
-    return n
+        return check_bootstrap_samples(int(text))
+    except (ValueError, EvaluationError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed is an integer >= 2 (bootstrap replicates)") from e
 
 
 def _pct(v: float | None) -> str:
