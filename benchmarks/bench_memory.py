@@ -36,7 +36,7 @@ corpus, out, model, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[
 def rss_mib():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-cfg = LabelConfig(corpus=corpus, out=out, model=model, batch_videos=batch)
+cfg = LabelConfig(corpus=corpus, out=out, model=model, batch_videos=batch, tracker=None)  # the model alone
 worker = ShardWorker(cfg, device="cpu")
 loaded = rss_mib()
 samples, done = [], [0]

@@ -167,7 +167,7 @@ def run_mode(mode: str, args: argparse.Namespace, root: Path, corpus: str) -> di
     model_path = benchkit.save_model(model, root / f"model-{mode}.pt")
     cfg = LabelConfig(corpus=corpus, out=str(root / f"out-{mode}"), mode=mode, model=model_path,
                       batch_videos=args.batch, videos_per_shard=args.videos, decode_threads=args.decode_threads,
-                      min_area=16)
+                      min_area=16, tracker=None)  # the model alone, never the zero-shot tracker
     worker = ShardWorker(cfg, device=args.device)
     reader = CorpusReader(corpus)
     [spec] = plan_shards(reader.list_videos(), args.videos)

@@ -5,7 +5,8 @@ given masks, and does that far better: the shipped one was trained longer, runs 
 refinement head. A :class:`DiscoverTrackSession` runs both on every frame. An object the finder shows and the
 tracker does not yet follow is handed to the tracker as a prompt at that frame (:func:`new_objects`), and the
 tracker's masks are the output. No mask is given by anyone, so this is still zero-shot labeling. It is not in the
-paper; `rvos-batch label --mode zero-shot --tracker default` runs it, and the model card has its figures.
+paper; `rvos-batch label --mode zero-shot` runs it with the shipped models (`--tracker auto`, the default;
+`--tracker default` with any finder), and the model card has its figures.
 
 The hand-over rule, per video and frame: a finder mask is handed over when it is not empty (at least
 ``min_area_fraction`` of the frame) and at most ``max_overlap`` of it lies on the tracker's masks of the previous

@@ -13,27 +13,28 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rvos_batch.cli import size_arg
 from rvos_batch.evaluate import evaluate
 from rvos_batch.export import export_davis
 from rvos_batch.ingest import IngestConfig, ingest
-from rvos_batch.job.config import LabelConfig
+from rvos_batch.job.config import AUTO_TRACKER, LabelConfig
 from rvos_batch.job.worker import run_in_process
 
 
 def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
-          input_size: tuple[int, int] | None = None, tracker: str | None = None,
+          input_size: tuple[int, int] | None = None, tracker: str | None = AUTO_TRACKER,
           appearance_check: bool = True, appearance_refine: float = 2.0, appearance_filter: int = 4) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
-    out = work / f"out-{mode}{'-tracked' if tracker else ''}"
-    cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
+    cfg = LabelConfig(corpus=str(corpus), out="", mode=mode, model=model, batch_videos=batch_videos,
                       input_size=input_size, tracker=tracker, appearance_check=appearance_check,
                       appearance_refine=appearance_refine, appearance_filter=appearance_filter, overwrite=True)
+    out = work / f"out-{mode}{'-tracked' if cfg.tracker else ''}"
+    cfg = replace(cfg, out=str(out))
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -44,7 +45,7 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
     check = cfg.appearance_config()
-    summary.update({"mode": mode, "model": model, "tracker": tracker,
+    summary.update({"mode": mode, "model": model, "tracker": cfg.tracker,
                     "appearance": asdict(check) if check is not None else None,
                     "input_size": list(input_size) if input_size else None,
                     "frames": frames, "label_seconds": round(seconds, 2),
@@ -59,8 +60,9 @@ def main() -> int:
     p.add_argument("--mode", choices=("zero-shot", "one-shot"), required=True)
     p.add_argument("--input-size", type=size_arg, default=None, metavar="HxW",
                    help="label at this size instead of the model's own (as rvos-batch label --input-size)")
-    p.add_argument("--tracker", default=None, help="zero-shot: a one-shot model following what it finds "
-                   "(as rvos-batch label --tracker)")
+    p.add_argument("--tracker", default=AUTO_TRACKER, help="zero-shot: a one-shot model following what it finds, "
+                   "'none' for none (as rvos-batch label --tracker; default auto: the shipped one with the shipped "
+                   "zero-shot model)")
     p.add_argument("--no-appearance-check", action="store_true", help="as rvos-batch label --no-appearance-check")
     p.add_argument("--appearance-refine", type=float, default=2.0, metavar="K",
                    help="as rvos-batch label --appearance-refine (default 2)")

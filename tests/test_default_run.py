@@ -34,6 +34,8 @@ def test_label_with_no_arguments(tmp_path):
     assert s["videos_ok"] == 4 and s["frames"] == 64 and s["masks"] > 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == "default" and Path(run["model"]["path"]).name == "rvos-mnv2-synth-zs.pt"
+    # zero-shot with the shipped model: the shipped one-shot model follows what it finds (--tracker auto)
+    assert Path(run["model"]["tracker"]["path"]).name == "rvos-mnv2-synth-os.pt"
 
 
 def test_one_shot_on_the_sample_uses_its_prompts(tmp_path):

@@ -233,6 +233,28 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert config_from_args(args).tracker == "default"
 
 
+@pytest.mark.parametrize(("argv", "tracker"), [
+    ([], "default"),  # the shipped zero-shot labeling is the shipped pair
+    (["--model", "rvos-mnv2-synth-zs"], "default"),
+    (["--tracker", "none"], None),
+    (["--model", "mine.pt"], None),  # a user's own zero-shot model runs alone unless a tracker is named
+    (["--model", "mine.pt", "--tracker", "default"], "default"),
+    (["--mode", "one-shot"], None),
+    (["--mode", "one-shot", "--tracker", "none"], None),
+])
+def test_tracker_auto_resolves_per_model_and_mode(argv, tracker):
+    args = build_parser().parse_args(["label", "corpus", "o", *argv])
+    assert config_from_args(args).tracker == tracker
+    kwargs = {a.lstrip("-"): v for a, v in zip(argv[::2], argv[1::2], strict=True)}
+    assert LabelConfig(corpus="corpus", out="o", **kwargs).tracker == tracker  # the library's default is the CLI's
+
+
+def test_tracker_auto_is_none_in_one_shot_but_a_named_tracker_is_refused():
+    assert LabelConfig(corpus="c", out="o", mode="one-shot", tracker="auto").tracker is None
+    with pytest.raises(RvosBatchError, match="--tracker .* is for --mode zero-shot"):
+        LabelConfig(corpus="c", out="o", mode="one-shot", tracker="default")
+
+
 @pytest.mark.s3
 def test_corpus_and_output_on_s3(s3_bucket, model_path, ray_local):
     from rvos_batch.job.driver import run_job
