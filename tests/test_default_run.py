@@ -31,6 +31,7 @@ def test_label_with_no_arguments(tmp_path):
     for key in ("shards_total", "shards_done", "shards_failed", "videos_ok", "videos_failed", "frames", "masks"):
         assert key in s
     assert s["shards_done"] == s["shards_total"] >= 1 and s["shards_failed"] == 0
+    assert s["mode"] == "zero-shot" and s["model"] == "default" and s["tracker"] == "default"
     assert s["videos_ok"] == 4 and s["frames"] == 64 and s["masks"] > 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == "default" and Path(run["model"]["path"]).name == "rvos-mnv2-synth-zs.pt"

@@ -40,6 +40,7 @@ def run_status(out: str, storage_options: dict | None = None) -> dict:
         "masks": sum(int(s.get("masks", 0)) for s in stats),
         "mode": run.get("config", {}).get("mode"),
         "model": run.get("model", {}).get("name"),
+        "tracker": (run.get("model", {}).get("tracker") or {}).get("name"),  # zero-shot: the model following its finds
         "failed_shard_errors": {str(k): v.get("error") for k, v in sorted(failed.items())},
     }
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s))
         return 0
-    print(f"{s['out']}: {s['mode']} with {s['model']}")
+    tracker = f", tracker {s['tracker']}" if s["tracker"] else ""
+    print(f"{s['out']}: {s['mode']} with {s['model']}{tracker}")
     print(f"shards: {s['shards_done']}/{s['shards_total']} committed, {s['shards_failed']} failed, "
           f"{s['shards_pending']} pending")
     print(f"videos: {s['videos_ok']} ok, {s['videos_failed']} failed (of {s['videos_total']})")
