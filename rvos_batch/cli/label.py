@@ -36,7 +36,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="zero-shot: a one-shot model ('default': the shipped one) that follows each object the "
                         "zero-shot model finds, from the frame it is found on; its masks are the output. 'auto' "
                         "(default): the shipped one-shot model with the shipped zero-shot model, none with your own "
-                        "model; 'none': the zero-shot model alone (about 14x faster on a CPU, poorer masks; see the "
+                        "model; 'none': the zero-shot model alone (about 5x faster on a CPU, poorer masks; see the "
                         "model card)")
     p.add_argument("--no-appearance-check", action="store_true",
                    help="report every mask the model makes; by default a followed object's mask is left out of a "
