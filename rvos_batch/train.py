@@ -60,7 +60,6 @@ class TrainConfig:
     input_size: tuple[int, int] | None = None
     clip_len: int = 5
     color_aug: bool = False  # recolour each training clip (not in the paper; see vosdata._recolour)
-    object_color_aug: float = 0.0  # chance that each object of a clip is recoloured on its own (vosdata)
     appearance_check: bool = False  # stage 2: feed back masks refined by the appearance check, as labeling does
     appearance_filter: int = 0  # with appearance_check: also the guided filter of this radius, as labeling does
     batch_size: int = 4
@@ -97,8 +96,6 @@ class TrainConfig:
             raise RvosBatchError("--match (matching against the given masks) is for --mode one-shot")
         if self.lr_schedule not in LR_SCHEDULES:
             raise RvosBatchError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not 0.0 <= self.object_color_aug <= 1.0:
-            raise RvosBatchError(f"--object-color-aug must be a chance in [0, 1], got {self.object_color_aug!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise RvosBatchError(f"--workers must be an integer >= 0, got {self.workers!r}")
 
@@ -420,8 +417,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     # the model's own size and slots (cfg's are resolved to the same values above)
     data = ClipDataset(train_videos, model.config.input_size, cfg.clip_len, model.config.num_slots, augment=True,
-                       length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug,
-                       object_colour=cfg.object_color_aug)
+                       length=cfg.iters * cfg.batch_size, seed=cfg.seed, colour=cfg.color_aug)
     log_path = out / "log.csv"
     new_log = not log_path.exists()
     t0 = time.perf_counter()

@@ -104,8 +104,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, videos: list[VOSVideo], size: tuple[int, int], clip_len: int = 5, max_objects: int = 10,
-                 augment: bool = True, length: int = 10_000, seed: int = 0, colour: bool = False,
-                 object_colour: float = 0.0) -> None:
+                 augment: bool = True, length: int = 10_000, seed: int = 0, colour: bool = False) -> None:
         self.videos = videos
         self.size = size
         self.clip_len = clip_len
@@ -114,7 +113,6 @@ class ClipDataset(torch.utils.data.Dataset):
         self.length = length
         self.seed = seed
         self.colour = colour  # also recolour each clip (see _recolour); only with augment
-        self.object_colour = object_colour  # chance that each object is recoloured on its own (_recolour_objects)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -135,8 +133,6 @@ class ClipDataset(torch.utils.data.Dataset):
         lab = torch.from_numpy(labels[idx].astype(np.int64))  # (T, H, W)
         if self.augment:
             img, lab = _augment(img, lab, rng)
-            if self.object_colour:
-                img = _recolour_objects(img, lab, rng, self.object_colour)
             if self.colour:
                 img = _recolour(img, rng)
         ids = [int(i) for i in torch.unique(lab).tolist() if i not in (0, VOID)][: self.max_objects]
@@ -182,30 +178,6 @@ def _recolour(img: Tensor, rng: random.Random) -> Tensor:
     if rng.random() < 0.1:
         img = _luma(img).expand(-1, 3, -1, -1)
     return img.clamp(0.0, 1.0).contiguous()
-
-
-def _recolour_objects(img: Tensor, lab: Tensor, rng: random.Random, chance: float) -> Tensor:
-    """Each object of the clip, with probability ``chance``, recoloured on its own, alike in every frame: a
-    permutation of the colour channels, saturation x0.3-1.7, brightness x0.5-1.5, and with p=0.2 inverted.
-
-    Not in the paper: a clip-wide recolouring keeps each object's colours in the same relation to its background's;
-    this one breaks it, so an object may come out close to its surroundings' colours and must be followed by its
-    texture, shape and motion. img (T, 3, H, W) in [0, 1]; lab (T, H, W) object ids.
-    """
-    out = img
-    for obj in sorted(int(i) for i in torch.unique(lab).tolist() if i not in (0, VOID)):
-        if rng.random() >= chance:
-            continue
-        perm = list(range(3))
-        rng.shuffle(perm)
-        new = out[:, perm]
-        grey = _luma(new)
-        new = grey + (new - grey) * rng.uniform(0.3, 1.7)
-        new = new * rng.uniform(0.5, 1.5)
-        if rng.random() < 0.2:
-            new = 1.0 - new
-        out = torch.where((lab == obj)[:, None], new.clamp(0.0, 1.0), out)
-    return out
 
 
 def _luma(img: Tensor) -> Tensor:

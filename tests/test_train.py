@@ -306,30 +306,6 @@ def test_colour_augmentation_recolours_images_only(tmp_path):
     assert np.isfinite(train(cfg, progress=False)["best_val_soft_iou"])
 
 
-def test_object_recolouring_changes_each_chosen_object_alike_in_every_frame():
-    import random
-
-    from rvos_batch.vosdata import _recolour_objects
-
-    gen = torch.Generator().manual_seed(0)
-    lab = torch.zeros(3, 20, 30, dtype=torch.int64)
-    lab[:, 2:8, 3:12] = 1
-    lab[:, 10:18, 15:28] = 2
-    lab[1, 10:18, 15:20] = 255  # void stays as it is
-    base = torch.rand(1, 3, 20, 30, generator=gen).expand(3, -1, -1, -1).clone()  # the same image in every frame
-    assert torch.equal(_recolour_objects(base, lab, random.Random(0), 0.0), base)
-    out = _recolour_objects(base, lab, random.Random(0), 1.0)
-    assert torch.equal(out.permute(1, 0, 2, 3)[:, lab == 0], base.permute(1, 0, 2, 3)[:, lab == 0])  # background
-    assert torch.equal(out[1][:, lab[1] == 255], base[1][:, lab[1] == 255])
-    for obj in (1, 2):
-        inside = lab[0] == obj
-        assert not torch.allclose(out[0][:, inside], base[0][:, inside], atol=1e-3)  # recoloured
-        assert torch.equal(out[0][:, inside], out[2][:, inside])  # one draw per object for the whole clip
-    assert 0.0 <= out.min() <= out.max() <= 1.0
-    with pytest.raises(RvosBatchError, match="--object-color-aug must be a chance in"):
-        TrainConfig(data="d", out="o", object_color_aug=1.5)
-
-
 @pytest.mark.parametrize("addition", ["refine", "match"])
 def test_an_addition_is_put_on_top_of_a_trained_model(tmp_path, addition):
     """--refine / --match with --init: every trained weight is kept, the logits start equal, and training moves

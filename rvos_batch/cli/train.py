@@ -37,9 +37,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-len", type=int, default=5)
     p.add_argument("--color-aug", action="store_true",
                    help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
-    p.add_argument("--object-color-aug", type=float, default=0.0, metavar="P",
-                   help="recolour each object of a clip on its own with chance P, so that its colours no longer "
-                        "follow its background's (not in the paper; default 0)")
     p.add_argument("--appearance-check", action="store_true",
                    help="one-shot --stage 2: refine the fed-back masks by the appearance check between frames, as "
                         "labeling does (not in the paper; see rvos_batch.appearance)")
@@ -72,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights, init=args.init,
         recurrence=args.recurrence, refine=args.refine, match=args.match, hidden=args.hidden, num_slots=args.slots,
         input_size=args.input_size,
-        clip_len=args.clip_len, color_aug=args.color_aug, object_color_aug=args.object_color_aug,
-        appearance_check=args.appearance_check,
+        clip_len=args.clip_len, color_aug=args.color_aug, appearance_check=args.appearance_check,
         appearance_filter=args.appearance_filter,
         batch_size=args.batch_size, iters=args.iters, lr=args.lr,
         lr_encoder=args.lr_encoder, lr_schedule=args.lr_schedule, val_every=args.val_every, val_split=args.val_split,
