@@ -223,8 +223,13 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig(filter=0))
     assert "given_masks" not in run["fingerprint"]  # a hand-over is the finder's guess: the tracker's mask is output
     assert run_job(cfg, progress=False).shards_skipped == 1
-    with pytest.raises(MaskStoreError, match="tracker_sha256"):  # the same OUT without the tracker is refused
+    with pytest.raises(MaskStoreError, match="tracker_sha256") as refused:  # the same OUT without the tracker
         run_job(dataclasses.replace(cfg, tracker=None), progress=False)
+    assert "--tracker none" not in str(refused.value)  # the hint is for the other way round only
+    alone = dataclasses.replace(cfg, tracker=None, out=str(tmp_path / "alone"))
+    assert run_job(alone, progress=False).ok
+    with pytest.raises(MaskStoreError, match="labeled without a tracker .* rerun with --tracker none"):
+        run_job(dataclasses.replace(alone, tracker=follow), progress=False)  # as after --tracker auto came in
     with pytest.raises(RvosBatchError, match="is a zero-shot model; a tracker is one-shot"):
         run_job(dataclasses.replace(cfg, tracker=model_path, out=str(tmp_path / "o2")), progress=False)
     with pytest.raises(RvosBatchError, match="--tracker .* is for --mode zero-shot"):

@@ -135,9 +135,13 @@ def prepare_output(store: MaskStore, config: LabelConfig, fingerprint: dict, sha
             old = run.get("fingerprint", {})
             diffs = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in sorted(set(old) | set(fingerprint))
                      if old.get(k) != fingerprint.get(k)]
+            hint = ""
+            if old.get("tracker_sha256") is None and fingerprint.get("tracker_sha256") is not None:
+                hint = (" It was labeled without a tracker (zero-shot runs of the shipped model take one by default "
+                        "since --tracker auto): rerun with --tracker none to finish it.")
             raise MaskStoreError(
                 f"{config.out} holds the output of a different configuration or model ({'; '.join(diffs)}). "
-                "Use another OUT, or rerun with --overwrite to delete it and start again."
+                f"Use another OUT, or rerun with --overwrite to delete it and start again.{hint}"
             )
         log.warning("--overwrite: deleting the earlier run in %s", config.out)
         store.clear()
