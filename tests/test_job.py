@@ -230,6 +230,9 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert run_job(alone, progress=False).ok
     with pytest.raises(MaskStoreError, match="labeled without a tracker .* rerun with --tracker none"):
         run_job(dataclasses.replace(alone, tracker=follow), progress=False)  # as after --tracker auto came in
+    with pytest.raises(MaskStoreError, match="threshold") as refused:  # not when more than the tracker differs
+        run_job(dataclasses.replace(alone, tracker=follow, threshold=0.6), progress=False)
+    assert "--tracker none" not in str(refused.value)
     with pytest.raises(RvosBatchError, match="is a zero-shot model; a tracker is one-shot"):
         run_job(dataclasses.replace(cfg, tracker=model_path, out=str(tmp_path / "o2")), progress=False)
     with pytest.raises(RvosBatchError, match="--tracker .* is for --mode zero-shot"):

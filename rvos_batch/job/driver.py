@@ -133,10 +133,11 @@ def prepare_output(store: MaskStore, config: LabelConfig, fingerprint: dict, sha
     if run is not None and run.get("fingerprint") != fingerprint:
         if not config.overwrite:
             old = run.get("fingerprint", {})
-            diffs = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in sorted(set(old) | set(fingerprint))
-                     if old.get(k) != fingerprint.get(k)]
+            changed = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+            diffs = [f"{k}: {old.get(k)!r} -> {fingerprint.get(k)!r}" for k in changed]
             hint = ""
-            if old.get("tracker_sha256") is None and fingerprint.get("tracker_sha256") is not None:
+            if (old.get("tracker_sha256") is None and fingerprint.get("tracker_sha256") is not None
+                    and set(changed) <= {"tracker_sha256", "discovery"}):  # the tracker is all that differs
                 hint = (" It was labeled without a tracker (zero-shot runs of the shipped model take one by default "
                         "since --tracker auto): rerun with --tracker none to finish it.")
             raise MaskStoreError(
