@@ -13,6 +13,11 @@ DEFAULT_MODELS = {"zero-shot": "rvos-mnv2-synth-zs", "one-shot": "rvos-mnv2-synt
 SAMPLE_CORPUS = Path(__file__).parent / "assets" / "sample"
 
 
+def is_shipped_default(name_or_path: str, mode: str) -> bool:
+    """Whether ``name_or_path`` names the shipped model for ``mode``: "default", "" or its name."""
+    return name_or_path in ("default", "", DEFAULT_MODELS[mode])
+
+
 def available_models() -> list[str]:
     return sorted(p.stem for p in MODELS_DIR.glob("*.pt"))
 
@@ -23,7 +28,7 @@ def resolve_model(name_or_path: str, mode: str = "zero-shot") -> str:
     "default" (or "") names the shipped model for ``mode``: one model per mode, as in the paper.
     A remote checkpoint (s3://...) is copied once into ``~/.cache/rvos_batch``, keyed by its URL.
     """
-    if name_or_path in ("default", ""):
+    if is_shipped_default(name_or_path, mode):
         name_or_path = DEFAULT_MODELS[mode]
     shipped = MODELS_DIR / f"{name_or_path}.pt"
     if shipped.is_file():

@@ -13,14 +13,14 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from rvos_batch.cli import size_arg
 from rvos_batch.evaluate import evaluate
 from rvos_batch.export import export_davis
 from rvos_batch.ingest import IngestConfig, ingest
-from rvos_batch.job.config import AUTO_TRACKER, LabelConfig
+from rvos_batch.job.config import AUTO_TRACKER, LabelConfig, resolve_tracker
 from rvos_batch.job.worker import run_in_process
 
 
@@ -30,11 +30,11 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
-    cfg = LabelConfig(corpus=str(corpus), out="", mode=mode, model=model, batch_videos=batch_videos,
+    tracker = resolve_tracker(tracker, mode, model)
+    out = work / f"out-{mode}{'-tracked' if tracker else ''}"
+    cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
                       input_size=input_size, tracker=tracker, appearance_check=appearance_check,
                       appearance_refine=appearance_refine, appearance_filter=appearance_filter, overwrite=True)
-    out = work / f"out-{mode}{'-tracked' if cfg.tracker else ''}"
-    cfg = replace(cfg, out=str(out))
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -45,7 +45,7 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     gt = Path(data) / "Annotations" / "480p"
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
     check = cfg.appearance_config()
-    summary.update({"mode": mode, "model": model, "tracker": cfg.tracker,
+    summary.update({"mode": mode, "model": model, "tracker": tracker,
                     "appearance": asdict(check) if check is not None else None,
                     "input_size": list(input_size) if input_size else None,
                     "frames": frames, "label_seconds": round(seconds, 2),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.config import MIN_INPUT_SIDE, is_input_size, is_int_in
-from rvos_batch.zoo import DEFAULT_MODELS
+from rvos_batch.zoo import is_shipped_default
 
 if TYPE_CHECKING:
     from rvos_batch.appearance import AppearanceConfig
@@ -31,8 +31,7 @@ def resolve_tracker(tracker: str | None, mode: str, model: str) -> str | None:
     model (``default`` or its name) and no tracker otherwise; ``none``, ``""`` and None are no tracker; any other
     value (a shipped name, a path or URL) is kept as given."""
     if tracker == AUTO_TRACKER:
-        shipped = mode == "zero-shot" and model in ("default", "", DEFAULT_MODELS["zero-shot"])
-        return "default" if shipped else None
+        return "default" if mode == "zero-shot" and is_shipped_default(model, mode) else None
     if tracker in (None, "", NO_TRACKER):
         return None
     return tracker
