@@ -33,6 +33,7 @@ from torch import Tensor
 from rvos_batch import rle, rle_torch
 from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
+from rvos_batch.levels import LevelsConfig, LevelsState, auto_levels
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState, given_claims, overlay_given
 
@@ -62,7 +63,9 @@ class PredictConfig:
     (:mod:`rvos_batch.appearance`; one-shot slots against their given masks, zero-shot slots against their first
     masks), or None to report every mask the model makes. given_is_output: at a frame where an object's mask is
     given, report that mask as its output (one-shot; see :meth:`BatchSession.step`) rather than the model's reading
-    of it.
+    of it. levels: auto-levels (:mod:`rvos_batch.levels`): a video whose contrast is lower than the training
+    frames' is stretched up to it before the model, the check and the filter see it; None (the default) leaves
+    frames as they are.
     """
 
     threshold: float = 0.5
@@ -75,6 +78,7 @@ class PredictConfig:
     fixed_batch: bool = False
     appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)
     given_is_output: bool = True
+    levels: LevelsConfig | None = None
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> PredictConfig:
@@ -110,6 +114,8 @@ class PredictConfig:
             raise ConfigError(
                 f"PredictConfig.appearance={self.appearance!r}: allowed is None or an AppearanceConfig"
             )
+        if self.levels is not None and not isinstance(self.levels, LevelsConfig):
+            raise ConfigError(f"PredictConfig.levels={self.levels!r}: allowed is None or a LevelsConfig")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):
@@ -175,11 +181,13 @@ class _Row:
 
 @dataclass(frozen=True)
 class SessionSnapshot:
-    """What :meth:`BatchSession.restore` puts back: the recurrent state, the appearance check's and the rows."""
+    """What :meth:`BatchSession.restore` puts back: the recurrent state, the appearance check's, the videos'
+    levels and the rows."""
 
     state: RVOSState
     rows: tuple[_Row | None, ...]
     appearance: AppearanceState | None = None
+    levels: LevelsState | None = None
 
 
 def _prompt_objects(prompts: Prompts) -> tuple[int, ...]:
@@ -223,6 +231,10 @@ class BatchSession:
         if config.appearance is not None:
             self.appearance = AppearanceState.empty(self.capacity, self.state.num_slots, config.appearance,
                                                     self.device)
+        # Auto-levels: each row's video's levels (rvos_batch.levels).
+        self.levels: LevelsState | None = None
+        if config.levels is not None:
+            self.levels = LevelsState.empty(self.capacity, self.device)
         self._rows: list[_Row | None] = [None] * self.capacity
 
     # ---- rows --------------------------------------------------------------------------------------------------
@@ -285,6 +297,8 @@ class BatchSession:
             self.state = self.model.reset_rows(self.state, self._index([row]))
             if self.appearance is not None:
                 self.appearance = self.appearance.reset_rows(self._index([row]))
+            if self.levels is not None:
+                self.levels = self.levels.reset_rows(self._index([row]))
         self._rows[row] = info
 
     def snapshot(self) -> SessionSnapshot:
@@ -295,13 +309,15 @@ class BatchSession:
         state = self.state
         if self._graphed:
             state = state.with_tensors([t.clone() for t in state.tensors()])
-        return SessionSnapshot(state, tuple(None if r is None else replace(r) for r in self._rows), self.appearance)
+        return SessionSnapshot(state, tuple(None if r is None else replace(r) for r in self._rows), self.appearance,
+                               self.levels)
 
     def restore(self, snapshot: SessionSnapshot) -> None:
         """Undo the steps (and the prompts they brought) since ``snapshot``. Meant for undoing a step at once: rows
         added or released since then are put back as they were."""
         self.state = snapshot.state
         self.appearance = snapshot.appearance
+        self.levels = snapshot.levels
         self._rows = [None if r is None else replace(r) for r in snapshot.rows]
 
     def release(self, row: int) -> None:
@@ -381,6 +397,18 @@ class BatchSession:
             tensors = [by_row.get(r, blank) for r in range(self.capacity)]
         batch = self._upload(tensors)
         batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()  # (b, 3, h, w) in [0, 1]
+        new_levels = None
+        if self.levels is not None:
+            assert self.config.levels is not None
+            sub_levels = self.levels if all_rows or pad else self.levels.index_rows(self._index(rows))
+            with torch.inference_mode():
+                batch, seen_levels = auto_levels(batch, sub_levels, self.config.levels)
+            if all_rows:
+                new_levels = seen_levels
+            elif pad:  # a padding row's blank frame is not its video's: its levels stay
+                new_levels = self.levels.where(self._present(rows), seen_levels)
+            else:
+                new_levels = self.levels.scatter_rows(self._index(rows), seen_levels)
         if self.config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         step_rows = list(range(self.capacity)) if pad else rows
@@ -439,6 +467,8 @@ class BatchSession:
                 self.state = self.state.scatter_rows(self._index(rows), new_sub)
             if new_appearance is not None:
                 self.appearance = new_appearance
+            if new_levels is not None:
+                self.levels = new_levels
             event = None
             if self.device.type == "cuda":
                 event = torch.cuda.Event()

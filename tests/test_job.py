@@ -26,6 +26,7 @@ from rvos_batch.errors import MaskStoreError, RvosBatchError
 from rvos_batch.job.config import LabelConfig
 from rvos_batch.job.plan import plan_shards
 from rvos_batch.job.worker import ShardWorker
+from rvos_batch.levels import LevelsConfig
 from rvos_batch.maskstore import MaskStore, mask_table, write_mask_dataset
 
 pytestmark = pytest.mark.ray
@@ -196,6 +197,20 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert zero.appearance_config() == AppearanceConfig(filter=0)
     with pytest.raises(RvosBatchError, match="--appearance-filter must be an integer radius in 0..64"):
         dataclasses.replace(cfg, appearance_filter=-1)
+    # auto-levels are off by default and then not in the fingerprint; with them, their settings join it
+    assert run["model"]["levels"] is None and "levels" not in run["fingerprint"]
+    with pytest.raises(MaskStoreError, match="levels"):
+        run_job(dataclasses.replace(cfg, auto_levels=0.6), progress=False)
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot"])
+    assert config_from_args(args).levels_config() is None
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--auto-levels", "0.6"])
+    assert config_from_args(args).levels_config() == LevelsConfig(range=0.6)
+    leveled = run_job(dataclasses.replace(cfg, auto_levels=0.6, out=str(tmp_path / "leveled")), progress=False)
+    assert leveled.ok
+    run = json.loads(Path(tmp_path, "leveled", "run.json").read_text())
+    assert run["model"]["levels"] == run["fingerprint"]["levels"] == dataclasses.asdict(LevelsConfig())
+    with pytest.raises(RvosBatchError, match=r"--auto-levels must be a span of the value range in \(0, 1\]"):
+        dataclasses.replace(cfg, auto_levels=1.5)
 
 
 def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):

@@ -14,6 +14,7 @@ from rvos_batch.zoo import is_shipped_default
 
 if TYPE_CHECKING:
     from rvos_batch.appearance import AppearanceConfig
+    from rvos_batch.levels import LevelsConfig
 
 MODES = ("zero-shot", "one-shot")
 # --tracker auto (the default): the shipped one-shot model follows what the shipped zero-shot model finds, since that
@@ -70,6 +71,7 @@ class LabelConfig:
     appearance_check: bool = True  # leave a followed mask out while it looks like its surroundings (appearance.py)
     appearance_refine: float = 2.0  # the check's colour ratio for trimming and growing kept masks; 0: no refinement
     appearance_filter: int = 4  # one-shot: radius of the colour-guided filter on followed masks; 0: none
+    auto_levels: float = 0.0  # > 0: a video whose levels span less of the range is stretched up to it (levels.py)
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     tracker_sha256: str | None = None  # the same for the tracker
     storage_options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)  # secrets
@@ -96,6 +98,11 @@ class LabelConfig:
         if not is_int_in(self.appearance_filter, 0, 64):
             raise RvosBatchError(
                 f"--appearance-filter must be an integer radius in 0..64 (0: no filter), got {self.appearance_filter!r}"
+            )
+        if isinstance(self.auto_levels, bool) or not isinstance(self.auto_levels, (int, float)) or not (
+                0.0 <= self.auto_levels <= 1.0):
+            raise RvosBatchError(
+                f"--auto-levels must be a span of the value range in (0, 1] (0: off), got {self.auto_levels!r}"
             )
         if self.amp is not None and self.amp not in AMP_CHOICES:
             raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
@@ -136,6 +143,14 @@ class LabelConfig:
         return AppearanceConfig(refine=float(self.appearance_refine) if self.appearance_refine else None,
                                 filter=self.appearance_filter if self.mode == "one-shot" else 0)
 
+    def levels_config(self) -> LevelsConfig | None:
+        """The actors' :class:`~rvos_batch.levels.LevelsConfig`, or None with ``--auto-levels 0`` (the default)."""
+        if not self.auto_levels:
+            return None
+        from rvos_batch.levels import LevelsConfig  # torch: not needed to parse a command line
+
+        return LevelsConfig(range=float(self.auto_levels))
+
     def public_dict(self) -> dict[str, Any]:
         """The config as recorded in run.json: storage options are never recorded (they may hold keys)."""
         d = dataclasses.asdict(self)
@@ -151,7 +166,7 @@ GIVEN_MASKS = "output"
 def output_fingerprint(
     config: LabelConfig, model_sha256: str, corpus_fingerprint: str, model_input_size: tuple[int, int],
     tracker_sha256: str | None = None, discovery: dict[str, Any] | None = None,
-    appearance: dict[str, Any] | None = None,
+    appearance: dict[str, Any] | None = None, levels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What must match between runs writing into one OUT: output-affecting config, model, corpus.
 
@@ -161,6 +176,8 @@ def output_fingerprint(
     settings (``discovery``, a DiscoveryConfig as a dict), join it only for a run with a ``--tracker``, and the
     appearance check's settings (``appearance``, an AppearanceConfig as a dict) only for a run with the check on
     (:meth:`LabelConfig.appearance_config`), so a run with ``--no-appearance-check`` keeps the plain fingerprint.
+    Auto-levels' settings (``levels``, a LevelsConfig as a dict) join it only for a run with ``--auto-levels``
+    (:meth:`LabelConfig.levels_config`), so runs without them keep the fingerprint they had before.
     One-shot runs record ``given_masks``: an OUT labeled before a given mask became its frame's output is refused
     rather than finished under the new rule.
     """
@@ -175,6 +192,8 @@ def output_fingerprint(
         fp["discovery"] = discovery
     if appearance is not None:
         fp["appearance"] = appearance
+    if levels is not None:
+        fp["levels"] = levels
     if config.mode == "one-shot":
         fp["given_masks"] = GIVEN_MASKS
     return fp

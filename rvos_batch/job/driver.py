@@ -241,8 +241,10 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
                         "config": tracker_config.to_dict(), "discovery": discovery}
     check = config.appearance_config()  # the actors' appearance check, None when off
     appearance = dataclasses.asdict(check) if check is not None else None
+    stretch = config.levels_config()  # the actors' auto-levels, None when off
+    levels = dataclasses.asdict(stretch) if stretch is not None else None
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
-                                     tracker_sha, discovery, appearance)
+                                     tracker_sha, discovery, appearance, levels)
     if config.input_size is not None:
         model_config = dataclasses.replace(model_config, input_size=config.input_size)  # the size it labels at
     model_info: dict[str, Any] = {"name": config.model, "path": model_path, "sha256": model_sha,
@@ -250,6 +252,7 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
     if tracker_info is not None:
         model_info["tracker"] = tracker_info
     model_info["appearance"] = appearance  # None: every mask the model makes is written
+    model_info["levels"] = levels  # None: frames as decoded (--auto-levels 0, the default)
     prompt_check = check_prompts(config, [e.video_id for e in entries])
     with store.lock():
         record = prepare_output(store, config, fingerprint, shards, model_info)

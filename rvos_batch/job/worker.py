@@ -291,7 +291,7 @@ class ShardWorker:
             self.frame_size = tracker_config.input_size  # the finder's frames are resized from these
         self.predict_config = speed_settings(
             PredictConfig(threshold=config.threshold, min_area=config.min_area, device=str(self.device),
-                          appearance=config.appearance_config()), config
+                          appearance=config.appearance_config(), levels=config.levels_config()), config
         )
         self.reader = CorpusReader(config.corpus, storage_options=config.storage_options)
         self.store = maskstore.MaskStore(config.out, storage_options=config.storage_options)
@@ -551,7 +551,8 @@ def speed_settings(base: PredictConfig, config: LabelConfig | None = None) -> Pr
     if amp:
         overrides["amp_dtype"] = None if amp == "float32" else amp
     return PredictConfig.for_device(base.device, threshold=base.threshold, min_area=base.min_area,
-                                    max_batch_videos=base.max_batch_videos, appearance=base.appearance, **overrides)
+                                    max_batch_videos=base.max_batch_videos, appearance=base.appearance,
+                                    levels=base.levels, **overrides)
 
 
 def _complete_jpeg(data: bytes) -> bool:
