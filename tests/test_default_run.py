@@ -32,6 +32,7 @@ def test_label_with_no_arguments(tmp_path):
         assert key in s
     assert s["shards_done"] == s["shards_total"] >= 1 and s["shards_failed"] == 0
     assert s["mode"] == "zero-shot" and s["model"] == "default" and s["tracker"] == "default"
+    assert s["auto_levels"] is None  # off by default
     assert s["videos_ok"] == 4 and s["frames"] == 64 and s["masks"] > 0
     run = json.loads((out / "run.json").read_text())
     assert run["model"]["name"] == "default" and Path(run["model"]["path"]).name == "rvos-mnv2-synth-zs.pt"

@@ -20,6 +20,7 @@ from jobkit import cli, frame_jpeg, make_corpus, tiny_model
 from rvos_batch.appearance import AppearanceConfig
 from rvos_batch.cli import build_parser
 from rvos_batch.cli.label import config_from_args
+from rvos_batch.cli.status import run_status
 from rvos_batch.corpus import CorpusReader, CorpusWriter
 from rvos_batch.discover import DiscoveryConfig
 from rvos_batch.errors import MaskStoreError, RvosBatchError
@@ -209,6 +210,7 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert leveled.ok
     run = json.loads(Path(tmp_path, "leveled", "run.json").read_text())
     assert run["model"]["levels"] == run["fingerprint"]["levels"] == dataclasses.asdict(LevelsConfig())
+    assert run_status(str(tmp_path / "leveled"))["auto_levels"] == 0.6
     with pytest.raises(RvosBatchError, match=r"--auto-levels must be a span of the value range in \(0, 1\]"):
         dataclasses.replace(cfg, auto_levels=1.5)
 

@@ -41,6 +41,7 @@ def run_status(out: str, storage_options: dict | None = None) -> dict:
         "mode": run.get("config", {}).get("mode"),
         "model": run.get("model", {}).get("name"),
         "tracker": (run.get("model", {}).get("tracker") or {}).get("name"),  # zero-shot: the model following its finds
+        "auto_levels": (run.get("model", {}).get("levels") or {}).get("range"),  # --auto-levels R, None when off
         "failed_shard_errors": {str(k): v.get("error") for k, v in sorted(failed.items())},
     }
 
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(s))
         return 0
     tracker = f", tracker {s['tracker']}" if s["tracker"] else ""
-    print(f"{s['out']}: {s['mode']} with {s['model']}{tracker}")
+    levels = f", auto-levels {s['auto_levels']}" if s["auto_levels"] else ""
+    print(f"{s['out']}: {s['mode']} with {s['model']}{tracker}{levels}")
     print(f"shards: {s['shards_done']}/{s['shards_total']} committed, {s['shards_failed']} failed, "
           f"{s['shards_pending']} pending")
     print(f"videos: {s['videos_ok']} ok, {s['videos_failed']} failed (of {s['videos_total']})")
