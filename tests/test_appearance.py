@@ -459,3 +459,35 @@ def test_training_with_the_check_feeds_back_what_labeling_feeds_back(monkeypatch
     assert len(seen) == len(labeling) == 3
     assert torch.equal(seen[1], labeling[1]), "after the prompt frame both feed back the given mask"
     assert torch.equal(seen[2], labeling[2]) == checked, "the refined mask (grown to the square) goes into frame 2"
+
+
+def test_the_check_never_sees_denormal_probabilities(monkeypatch):
+    """A confident background (logits of -88: sigmoid 6e-39, a denormal float, many times slower on CPUs) reaches
+    the check and the filter as exact zeros; probabilities that matter are untouched."""
+    from rvos_batch import predictor
+
+    model = _model_that_keeps_the_square(monkeypatch)
+    step = model.step
+
+    def confident(frames, state, given=None, valid=None, num_active_slots=None):
+        logits, new = step(frames, state, given, valid, num_active_slots=num_active_slots)
+        return torch.where(logits < 0, torch.full_like(logits, -88.0), logits), new
+
+    monkeypatch.setattr(model, "step", confident)
+    seen = []
+    check = predictor.appearance_check
+
+    def recording(batch, probs, *args, **kwargs):
+        seen.append(probs.clone())
+        return check(batch, probs, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "appearance_check", recording)
+    session = BatchSession(model, PredictConfig(), capacity=1)
+    session.add(0, "v", ORIG, {0: {7: _square()}})
+    ids = _run(session, {0: [True, True]})[0]
+    assert ids == [[7], [7]]
+    tiny = torch.finfo(torch.float32).tiny
+    assert 0 < torch.sigmoid(torch.tensor(-88.0)).item() < tiny  # what the model's probability would be: denormal
+    for probs in seen:
+        assert not ((probs > 0) & (probs < tiny)).any()
+        assert (probs == 0).any() and (probs > 0.99).any()
