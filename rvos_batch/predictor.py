@@ -430,7 +430,7 @@ class BatchSession:
                 logits, new_sub = self.model.step(batch, sub, given, valid, num_active_slots=n_active)
             # (b, n, h, w); probabilities under MIN_PROB are zero for every purpose here. Flushed, so that the check
             # and the filter never work on denormal floats, which CPUs process many times slower: the confident
-            # background of dark or low-contrast frames made one-shot labeling about a quarter slower
+            # background of dim frames made the one-shot model's steps about a quarter slower (bench_levels.py)
             probs = torch.sigmoid(logits.float())
             probs = probs.masked_fill(probs < MIN_PROB, 0.0)
             started = new_sub.started[:, :n_active]
