@@ -40,15 +40,15 @@ class LevelsConfig:
     momentum: float = 0.9
 
     def __post_init__(self) -> None:
-        checks = (
-            ("range", 0.0 < self.range <= 1.0, "a number in (0, 1]"),
-            ("quantile", 0.0 <= self.quantile < 0.5, "a number in [0, 0.5)"),
-            ("max_gain", self.max_gain >= 1.0, "a number >= 1"),
-            ("momentum", 0.0 <= self.momentum < 1.0, "a number in [0, 1)"),
+        checks = (  # the bounds are tested only once the value is known to be a number
+            ("range", lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+            ("quantile", lambda v: 0.0 <= v < 0.5, "a number in [0, 0.5)"),
+            ("max_gain", lambda v: v >= 1.0, "a number >= 1"),
+            ("momentum", lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
         )
         for name, ok, allowed in checks:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
                 raise ConfigError(f"LevelsConfig.{name}={value!r}: allowed is {allowed}")
 
 

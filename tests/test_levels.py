@@ -22,7 +22,7 @@ def _frames(lo: float, hi: float, n: int = 1) -> torch.Tensor:
 
 def test_levels_config_is_validated():
     for field, bad in (("range", 0.0), ("range", 1.5), ("quantile", 0.5), ("max_gain", 0.5), ("momentum", 1.0),
-                       ("range", True)):
+                       ("range", True), ("range", "0.6"), ("momentum", None)):
         with pytest.raises(ConfigError, match=f"LevelsConfig.{field}="):
             LevelsConfig(**{field: bad})
 
