@@ -11,11 +11,16 @@ it touches (each worker process decodes and keeps its own copy), the second read
 rest of a run does. The step is a one-shot stage-2 step with the appearance check (`train.clip_loss`, backward and
 Adam) of the shipped configuration at the same size, on the CPU and, where there is one, on the GPU: where the step
 is shorter than a batch's loading, `--workers` is what keeps the device busy.
+
+The step is timed from untrained weights and from the shipped one-shot model's (the fine-tuning start of its
+last runs), each with float32 denormals flushed to zero (as `train` runs: `train.flush_denormals`) and without.
+A trained model's gradients hold many denormals, which the CPU processes many times slower.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import tempfile
@@ -30,7 +35,7 @@ import torch
 from rvos_batch.cli import size_arg
 from rvos_batch.model.rvos import RVOS
 from rvos_batch.synth import SynthConfig, write_dataset
-from rvos_batch.train import TrainConfig, clip_batches, clip_loss
+from rvos_batch.train import TrainConfig, clip_batches, clip_loss, flush_denormals
 from rvos_batch.vosdata import ClipDataset, list_videos
 
 
@@ -50,11 +55,21 @@ def loading(videos: list, size: tuple[int, int], batches: int, workers: int) -> 
     return first, timed(it, batches)
 
 
-def step_ms(videos: list, size: tuple[int, int], device: str, steps: int) -> float:
-    """Median ms of a one-shot stage-2 training step (with the appearance check) of the shipped configuration."""
-    config = dataclasses.replace(benchkit.SHIPPED["one-shot"], input_size=size)
-    torch.manual_seed(0)
-    model = RVOS(config).to(device).train()
+def step_ms(videos: list, size: tuple[int, int], device: str, steps: int, weights: str, flush: bool) -> float:
+    """Median ms of a one-shot stage-2 training step (with the appearance check) of the shipped configuration,
+    from ``weights`` ("untrained" or "shipped"), with denormals flushed or not."""
+    if weights == "shipped":
+        model, _ = benchkit.shipped_model("one-shot", device)
+        model.config = dataclasses.replace(model.config, input_size=size)
+    else:
+        torch.manual_seed(0)
+        model = RVOS(dataclasses.replace(benchkit.SHIPPED["one-shot"], input_size=size)).to(device)
+    model.train()
+    with flush_denormals() if flush else contextlib.nullcontext():
+        return _median_step(model, videos, size, device, steps)
+
+
+def _median_step(model: RVOS, videos: list, size: tuple[int, int], device: str, steps: int) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
     cfg = TrainConfig(data="-", out="-", mode="one-shot", stage=2, appearance_check=True)
     data = ClipDataset(videos, size, 5, 5, augment=True, length=(steps + 1) * 4, seed=0, colour=True)
@@ -95,9 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         steps = []
         for device in devices:
-            ms = step_ms(videos, size, device, args.steps)
-            steps.append((device, ms))
-            print(f"{device}: {ms:.0f} ms per training step", flush=True)
+            for weights in ("untrained", "shipped"):
+                for flush in (True, False):
+                    ms = step_ms(videos, size, device, args.steps, weights, flush)
+                    steps.append((device, weights, flush, ms))
+                    print(f"{device}, {weights} weights, denormals {'flushed' if flush else 'kept'}: {ms:.0f} ms "
+                          "per training step", flush=True)
     if args.no_write:
         return 0
     lines = [
@@ -116,14 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "|---:|---:|---:|",
         *[f"| {w} | {a:.1f} | {b:.1f} |" for w, a, b in rows],
         "",
-        "| device | ms per training step |",
-        "|---|---:|",
-        *[f"| {d} | {ms:.0f} |" for d, ms in steps],
+        "| device | weights | denormals | ms per training step |",
+        "|---|---|---|---:|",
+        *[f"| {d} | {w} | {'flushed (as `train` runs)' if f else 'kept'} | {ms:.0f} |" for d, w, f, ms in steps],
     ]
     inline = next((b for w, _, b in rows if w == 0), None)
     if inline is not None:
-        lines += [""] + [f"- Loading in the training process (warm) is {100 * inline / ms:.0f}% of a {d} step."
-                         for d, ms in steps]
+        lines += [""] + [f"- Loading in the training process (warm) is {100 * inline / ms:.0f}% of a {d} step "
+                         f"({w} weights)." for d, w, f, ms in steps if f]
+    for d, w, f, ms in steps:
+        if f:
+            kept = next(k for d2, w2, f2, k in steps if (d2, w2, f2) == (d, w, False))
+            lines.append(f"- {d}, {w} weights: flushing denormals makes a step {kept / ms:.2f}x as fast.")
     if "cuda" not in devices:
         lines += ["- No GPU was available: the GPU step was not measured. On CUDA the same command adds it."]
     benchkit.write_section("Training clip loading", "\n".join(lines))
