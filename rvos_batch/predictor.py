@@ -397,23 +397,27 @@ class BatchSession:
             by_row = dict(zip(rows, tensors, strict=True))
             tensors = [by_row.get(r, blank) for r in range(self.capacity)]
         batch = self._upload(tensors)
+        # the stepped rows' indices (a partial step) or the mask of rows present (a padded one), made once
+        index = None if all_rows or pad else self._index(rows)
+        present = self._present(rows) if pad else None
         batch = batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch.float()  # (b, 3, h, w) in [0, 1]
         new_levels = None
         if self.levels is not None:
             assert self.config.levels is not None
-            sub_levels = self.levels if all_rows or pad else self.levels.index_rows(self._index(rows))
+            sub_levels = self.levels if index is None else self.levels.index_rows(index)
             with torch.inference_mode():
                 batch, seen_levels = auto_levels(batch, sub_levels, self.config.levels)
             if all_rows:
                 new_levels = seen_levels
-            elif pad:  # a padding row's blank frame is not its video's: its levels stay
-                new_levels = self.levels.where(self._present(rows), seen_levels)
+            elif present is not None:  # a padding row's blank frame is not its video's: its levels stay
+                new_levels = self.levels.where(present, seen_levels)
             else:
-                new_levels = self.levels.scatter_rows(self._index(rows), seen_levels)
+                assert index is not None
+                new_levels = self.levels.scatter_rows(index, seen_levels)
         if self.config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         step_rows = list(range(self.capacity)) if pad else rows
-        sub = self.state if all_rows or pad else self.state.index_rows(self._index(rows))
+        sub = self.state if index is None else self.state.index_rows(index)
         given, valid = self._given(infos, indices, sizes, step_rows, rows)
         n_active = self.state.num_slots
         if self.one_shot:  # slot s depends only on slots < s: decode no further than the largest row needs
@@ -443,13 +447,13 @@ class BatchSession:
             new_appearance = None
             if self.appearance is not None:
                 assert self.config.appearance is not None
-                sub_app = self.appearance if all_rows or pad else self.appearance.index_rows(self._index(rows))
+                sub_app = self.appearance if index is None else self.appearance.index_rows(index)
                 seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
                                         self.config.appearance, learn_first=not self.one_shot)
-                if all_rows or pad:  # padding rows report no slot and are given nothing: their state is unchanged
+                if index is None:  # padding rows report no slot and are given nothing: their state is unchanged
                     new_appearance = seen.state
                 else:
-                    new_appearance = self.appearance.scatter_rows(self._index(rows), seen.state)
+                    new_appearance = self.appearance.scatter_rows(index, seen.state)
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
                 # refined (one-shot: and guided-filtered) masks: the output, and the masks fed back
                 probs, fed = apply_check(batch, probs, new_sub.prev_masks, seen, reportable, valid,
@@ -466,10 +470,11 @@ class BatchSession:
             # Commit only once everything succeeded, so a failed step can be retried row by row.
             if all_rows:
                 self.state = new_sub
-            elif pad:
-                self.state = _merge_rows(self.state, new_sub, self._present(rows))
+            elif present is not None:
+                self.state = _merge_rows(self.state, new_sub, present)
             else:
-                self.state = self.state.scatter_rows(self._index(rows), new_sub)
+                assert index is not None
+                self.state = self.state.scatter_rows(index, new_sub)
             if new_appearance is not None:
                 self.appearance = new_appearance
             if new_levels is not None:
