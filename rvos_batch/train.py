@@ -11,7 +11,6 @@ so an object entering mid-clip is matched to a slot too (the paper matches on th
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
@@ -386,32 +385,8 @@ def _split(cfg: TrainConfig) -> tuple[list[VOSVideo], list[VOSVideo]]:
     return train, val[:8]
 
 
-@contextlib.contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Run the block with the CPU treating float32 denormals (magnitudes under 1.2e-38) as zero, then turn that off.
-
-    A trained model's gradients are full of them (a confident mask's sigmoid and soft IoU terms fall below
-    float32's smallest normal number), and CPUs process denormals many times slower: from the shipped one-shot
-    model, a training step at 192x336 spent 4-6 s in backward against 1.3-2 s flushed
-    (``benchmarks/bench_train_loading.py``). Values that small change no weight. A no-op where the CPU has no such
-    mode; CUDA kernels are not affected. On exit the mode is off, torch's default (torch has no way to read it).
-    """
-    on = torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if on:
-            torch.set_flush_denormal(False)
-
-
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) into ``cfg.out``; returns the final metrics. Denormals are flushed meanwhile
-    (:func:`flush_denormals`)."""
-    with flush_denormals():
-        return _train(cfg, progress)
-
-
-def _train(cfg: TrainConfig, progress: bool) -> dict:
+    """Train (or resume) into ``cfg.out``; returns the final metrics."""
     from tqdm import tqdm
 
     out = Path(cfg.out)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import rvos_batch.train as train_module
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.imaging import encode_palette_png
 from rvos_batch.model.checkpoint import load_checkpoint
@@ -121,29 +120,6 @@ def test_train_writes_checkpoints_and_log(tmp_path, mode, stage):
     rows = list(csv.DictReader(open(out / "log.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert rows[1]["val_soft_iou"] != ""
-
-
-def _denormal_survives() -> bool:
-    return float(torch.tensor([1e-39]) * 2.0) != 0.0  # 2e-39: a float32 denormal, unless the CPU flushes it
-
-
-@pytest.mark.skipif(not _denormal_survives(), reason="denormals are already flushed in this process")
-def test_training_flushes_denormals_and_turns_that_off_after(tmp_path, monkeypatch):
-    """A trained model's gradients are full of denormals, which made backward 3x slower on the CPU: training
-    runs with them flushed to zero (the model's forward, loss and backward all inside), and leaves the mode off."""
-    if not torch.set_flush_denormal(False):
-        pytest.skip("this CPU has no flush-to-zero mode")
-    seen = []
-    real = train_module.clip_loss
-
-    def spy(model, batch, cfg):
-        seen.append(_denormal_survives())
-        return real(model, batch, cfg)
-
-    monkeypatch.setattr(train_module, "clip_loss", spy)
-    train(_cfg(_make_davis(tmp_path / "davis"), tmp_path / "run", iters=2), progress=False)
-    assert seen == [False, False]
-    assert _denormal_survives()
 
 
 def test_resume_continues_from_last_step(tmp_path):
