@@ -83,7 +83,7 @@ def write_section(title: str, text: str) -> None:
 def shipped_model(mode: str, device: str = "cpu") -> tuple[RVOS, str]:
     """The shipped checkpoint of ``mode`` if it is in rvos_batch/assets/models, else an untrained model of the
     shipped configuration. Returns (model, description). Inference speed does not depend on the weights; on the
-    CPU, training speed does (a trained model's gradients hold denormals: see bench_train_loading.py)."""
+    CPU, training speed can (a trained model's vanishing gradients are denormal floats: see bench_train_loading.py)."""
     path = MODELS_DIR / SHIPPED_FILES[mode]
     if path.is_file():
         model, _, _ = load_checkpoint(path, map_location=device)

@@ -146,9 +146,20 @@ def lr_factor(schedule: str, step: int, iters: int) -> float:
     return 1.0
 
 
+LOSS_LOGIT_CLAMP = 20.0  # the loss reads logits clamped to +-this (see soft_iou_loss)
+
+
 def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
-    """1 - soft IoU per mask over the last two dims; ``weight`` (0 on void pixels) broadcasts."""
-    p = torch.sigmoid(logits)
+    """1 - soft IoU per mask over the last two dims; ``weight`` (0 on void pixels) broadcasts.
+
+    The logits are clamped to +-``LOSS_LOGIT_CLAMP`` first: beyond 20 the sigmoid's slope is under 2.1e-9 and its
+    probability within 2.1e-9 of 0 or 1, so the loss moves by at most that per pixel and those pixels' gradient
+    becomes an exact zero instead of a vanishing one. A trained model is that confident over most of a frame
+    (logits reach -88), and its vanishing gradients are denormal floats, which the CPU processes many times
+    slower: from the shipped one-shot model, backward took 4-6 s a step at 192x336 against 1.3-1.7 s clamped
+    (``benchmarks/bench_train_loading.py``).
+    """
+    p = torch.sigmoid(logits.clamp(-LOSS_LOGIT_CLAMP, LOSS_LOGIT_CLAMP))
     inter = (p * target * weight).sum((-2, -1))
     union = ((p + target - p * target) * weight).sum((-2, -1))
     return 1.0 - inter / (union + eps)
