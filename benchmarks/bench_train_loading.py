@@ -67,12 +67,12 @@ def step_ms(videos: list, size: tuple[int, int], device: str, steps: int, weight
         torch.manual_seed(0)
         model = RVOS(dataclasses.replace(benchkit.SHIPPED["one-shot"], input_size=size)).to(device)
     model.train()
-    shipped_clamp = train.LOSS_LOGIT_CLAMP
-    train.LOSS_LOGIT_CLAMP = shipped_clamp if clamp else math.inf
+    saved_clamp = train.LOSS_LOGIT_CLAMP
+    train.LOSS_LOGIT_CLAMP = saved_clamp if clamp else math.inf
     try:
         return _median_step(model, videos, size, device, steps)
     finally:
-        train.LOSS_LOGIT_CLAMP = shipped_clamp
+        train.LOSS_LOGIT_CLAMP = saved_clamp
 
 
 def _median_step(model: RVOS, videos: list, size: tuple[int, int], device: str, steps: int) -> float:
