@@ -42,7 +42,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 COMPILE_BACKENDS = ("eager", "aot_eager")  # tracing only: check a model compiles without a compiler toolchain
 _GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
-MIN_PROB = 1e-12  # a slot's probabilities below this are zero (no denormal floats downstream; see step_async)
+MIN_PROB = 1e-12  # a slot's probabilities below this are zero (no denormal floats downstream; see slot_probs)
 Prompts = Mapping[int, Mapping[int, np.ndarray]]  # frame_index -> object_id -> bool mask (H0, W0)
 # (frame_index, preprocessed frame (3, h, w)) or (frame_index, frame, (H0, W0))
 FrameInput = tuple[int, Tensor] | tuple[int, Tensor, tuple[int, int]]
@@ -432,11 +432,7 @@ class BatchSession:
                 torch.compiler.cudagraph_mark_step_begin()
             with amp:
                 logits, new_sub = self.model.step(batch, sub, given, valid, num_active_slots=n_active)
-            # (b, n, h, w); probabilities under MIN_PROB are zero for every purpose here. Flushed, so that the check
-            # and the filter never work on denormal floats, which CPUs process many times slower: the confident
-            # background of dim frames made the one-shot model's steps about a quarter slower (bench_levels.py)
-            probs = torch.sigmoid(logits.float())
-            probs = probs.masked_fill(probs < MIN_PROB, 0.0)
+            probs = slot_probs(logits)  # (b, n, h, w)
             started = new_sub.started[:, :n_active]
             allowed = torch.zeros(len(step_rows), n_active, dtype=torch.bool)
             for row, info in zip(rows, infos, strict=True):  # zero-shot: all slots; one-shot: one per object
@@ -704,6 +700,16 @@ class PendingStep:
             )
             start = end
         return out
+
+
+def slot_probs(logits: Tensor) -> Tensor:
+    """The slots' probabilities (float32) from their logits, those under ``MIN_PROB`` set to zero: what the
+    appearance check, its filter and the output read, at labeling time and in training with the check alike.
+
+    Flushed so that they never work on denormal floats, which CPUs process many times slower: the confident
+    background of dim frames made the one-shot model's steps about a quarter slower (bench_levels.py)."""
+    probs = torch.sigmoid(logits.float())
+    return probs.masked_fill(probs < MIN_PROB, 0.0)
 
 
 def resolve_masks(

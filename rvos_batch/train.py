@@ -34,7 +34,7 @@ from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
 from rvos_batch.model.config import RVOSConfig, is_int_in
 from rvos_batch.model.encoder import load_backbone_weights, mobilenet_v2_weights_path
 from rvos_batch.model.rvos import RVOS
-from rvos_batch.predictor import PredictConfig
+from rvos_batch.predictor import PredictConfig, slot_probs
 from rvos_batch.vosdata import ClipDataset, VOSVideo, list_videos, load_video
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor,
     for i in range(t):
         logits, state = model.step(images[:, i], state, given[:, i], valid[:, i])
         with torch.no_grad():
-            probs = torch.sigmoid(logits.detach().float())
+            probs = slot_probs(logits.detach())
             seen = appearance_check(images[:, i], probs, state.started, threshold, given[:, i], valid[:, i],
                                     seen_state, config)
             seen_state = seen.state
