@@ -31,9 +31,7 @@ from rvos_batch.predictor import PredictConfig
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    benchkit.add_model_alone_options(p)
     args = benchkit.parse(p, argv)
     host = benchkit.machine()
     print(host, flush=True)

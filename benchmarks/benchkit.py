@@ -196,6 +196,13 @@ def add_threads_option(p: Any) -> None:
                    help="torch intra-op threads (default 1: a CPU actor with 1 CPU runs 1; 0 keeps torch's default)")
 
 
+def add_model_alone_options(p: Any) -> None:
+    """``--steps``, ``--repeat`` and ``--batch``: the options of the benchmarks that time :func:`model_alone`."""
+    p.add_argument("--steps", type=int, default=12, help="model steps per timed run (default 12)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per setting; the best is kept (default 3)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="videos stepped together (default 1 4)")
+
+
 def parse(p: Any, argv: Sequence[str] | None) -> Any:
     """Add the options every benchmark has (``--threads``, ``--no-write``), parse ``argv`` and apply ``--threads``."""
     add_threads_option(p)
