@@ -28,23 +28,30 @@ become smooth regions. The filtered masks are the output, and, refined again by 
 fed back. Zero-shot masks are left as they are (the filter lowered zero-shot J&F on the validation sets), and so
 are a tracker's (``--tracker``: it lowered those too).
 
+One-shot sessions also give the check its own view of low-contrast footage (``levels``, a span R of the value range):
+the check and the filter read each video's frames stretched about their middle until their levels span R, as
+:mod:`rvos_batch.levels` stretches them for ``label --auto-levels``, while the model reads the frames as they are. The
+colour bins are fixed, so a dark or washed-out video's colours crowd into a few of them and the object no longer
+stands out from its ring; stretched, they spread again. A video whose levels already span R is checked as before.
+
 Leaving a mask out changes the output only: the model's recurrent state and the mask it feeds back stay its own,
 so an object that comes back is reported again once its colours match. A slot that was given a mask (one-shot
 prompts, and the tracker's hand-overs in ``--tracker`` runs) is compared with that mask's colours; a zero-shot
 slot, never given one, with its own first non-empty mask's (``learn_first``). Not in the RVOS paper. The settings
-were chosen on the validation sets (the model card has the sweep); the state is a plain pair of tensors per batch
-row, so sessions snapshot and restore it.
+were chosen on the validation sets (the model card has the sweep); the state is plain tensors per batch row, so
+sessions snapshot and restore it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rvos_batch.levels import LevelsConfig, LevelsState, auto_levels
 from rvos_batch.model.config import ConfigError, is_int_in
 
 
@@ -58,7 +65,8 @@ class AppearanceConfig:
     the object's are added); None leaves the model's masks as they are. filter: the radius, in pixels at the input
     size, of the colour-guided filter that one-shot sessions apply to their masks after the refinement (0: none);
     filter_eps its regulariser (smaller keeps more of the frame's edges), filter_step the subsampling of its
-    coefficients."""
+    coefficients. levels: one-shot sessions only: the span R of the value range up to which the check and the filter
+    (not the model) see a low-contrast video's frames stretched (see :func:`view`); None: as they are."""
 
     margin: float = 0.1
     rate: float = 0.1
@@ -68,6 +76,7 @@ class AppearanceConfig:
     filter: int = 4
     filter_eps: float = 1e-4
     filter_step: int = 2
+    levels: float | None = 0.6
 
     def __post_init__(self) -> None:
         if not isinstance(self.margin, (int, float)) or not -1.0 <= float(self.margin) <= 1.0:
@@ -88,9 +97,24 @@ class AppearanceConfig:
             raise ConfigError(f"AppearanceConfig.filter_eps={self.filter_eps!r}: allowed is a number in (0, 1]")
         if not is_int_in(self.filter_step, 1, 8):
             raise ConfigError(f"AppearanceConfig.filter_step={self.filter_step!r}: allowed is an integer in 1..8")
+        if self.levels is not None and (isinstance(self.levels, bool) or not isinstance(self.levels, (int, float))
+                                        or not 0.0 < float(self.levels) <= 1.0):
+            raise ConfigError(f"AppearanceConfig.levels={self.levels!r}: allowed is None or a number in (0, 1]")
 
     def ring_pixels(self, height: int) -> int:
         return max(1, round(self.ring * height))
+
+    def record(self) -> dict[str, object]:
+        """The settings as a run records them (run.json and the output fingerprint): without ``levels`` when it is
+        None, so that runs without it (zero-shot ones) keep the record they had before it existed."""
+        d = asdict(self)
+        if self.levels is None:
+            del d["levels"]
+        return d
+
+    def levels_config(self) -> LevelsConfig | None:
+        """The stretch of :func:`view`: :mod:`rvos_batch.levels`' defaults up to ``levels``, or None."""
+        return None if self.levels is None else LevelsConfig(range=float(self.levels))
 
 
 class CheckResult(NamedTuple):
@@ -108,29 +132,48 @@ class CheckResult(NamedTuple):
 class AppearanceState(NamedTuple):
     """Per batch row and slot: the object's colour histogram (b, n, bins**3), summing to 1 where ``known``, and
     ``known`` (b, n) bool: the slot has a histogram to check against (from its given mask, or for zero-shot slots
-    from its first mask)."""
+    from its first mask). Per row: ``levels``, its video's levels as the check sees them (:func:`view`)."""
 
     models: Tensor
     known: Tensor
+    levels: LevelsState
 
     @classmethod
     def empty(cls, rows: int, slots: int, config: AppearanceConfig, device: torch.device | str) -> AppearanceState:
         return cls(torch.zeros(rows, slots, config.bins**3, device=device),
-                   torch.zeros(rows, slots, dtype=torch.bool, device=device))
+                   torch.zeros(rows, slots, dtype=torch.bool, device=device), LevelsState.empty(rows, device))
 
     def index_rows(self, rows: Tensor) -> AppearanceState:
-        return AppearanceState(self.models.index_select(0, rows), self.known.index_select(0, rows))
+        return AppearanceState(self.models.index_select(0, rows), self.known.index_select(0, rows),
+                               self.levels.index_rows(rows))
 
     def scatter_rows(self, rows: Tensor, sub: AppearanceState) -> AppearanceState:
         models, known = self.models.clone(), self.known.clone()
         models[rows] = sub.models
         known[rows] = sub.known
-        return AppearanceState(models, known)
+        return AppearanceState(models, known, self.levels.scatter_rows(rows, sub.levels))
 
     def reset_rows(self, rows: Tensor) -> AppearanceState:
         m = len(rows)
         return self.scatter_rows(rows, AppearanceState(self.models.new_zeros(m, *self.models.shape[1:]),
-                                                       self.known.new_zeros(m, *self.known.shape[1:])))
+                                                       self.known.new_zeros(m, *self.known.shape[1:]),
+                                                       LevelsState.empty(m, self.models.device)))
+
+
+def view(frames: Tensor, state: AppearanceState, config: AppearanceConfig,
+         present: Tensor | None = None) -> tuple[Tensor, AppearanceState]:
+    """The frames (b, 3, h, w) in [0, 1] as the check and the filter of a one-shot session read them, and the
+    state with each row's levels moved on: with ``config.levels`` R, a video whose levels (the moving 0.5% and
+    99.5% quantiles of :func:`rvos_batch.levels.auto_levels`) span less than R is stretched up to R; otherwise, and
+    with ``levels`` None, the frames are returned as they are. ``present`` (b,) bool: only these rows' levels move
+    (a padded step's blank rows are not their videos' frames)."""
+    stretch = config.levels_config()
+    if stretch is None:
+        return frames, state
+    out, seen = auto_levels(frames, state.levels, stretch)
+    if present is not None:
+        seen = state.levels.where(present, seen)
+    return out, state._replace(levels=seen)
 
 
 def colour_bins(frames: Tensor, bins: int) -> Tensor:
@@ -246,7 +289,7 @@ def check(
     new_known = state.known.clone()
     new_models[:, :n] = models
     new_known[:, :n] = known
-    return CheckResult(hidden, trim, grow, AppearanceState(new_models, new_known))
+    return CheckResult(hidden, trim, grow, AppearanceState(new_models, new_known, state.levels))
 
 
 def refine_probs(probs: Tensor, trim: Tensor, grow: Tensor, threshold: float) -> Tensor:

@@ -160,12 +160,13 @@ class DiscoverTrackSession:
             raise ConfigError(f"the tracker must be a one-shot model; this one is {tracker.config.mode}")
         # The finder's masks are hand-over candidates, not output: the appearance check would only withhold them.
         self.finder = BatchSession(finder, replace(config, appearance=None), capacity)
-        # The tracker's masks are checked against their hand-overs, but not filtered (it lowered tracked J&F). A
+        # The tracker's masks are checked against their hand-overs, but not filtered (it lowered tracked J&F), and
+        # the check reads the frames as they are (its levels lowered tracked J&F on dimmed validation videos). A
         # hand-over is the finder's guess, not a given mask: at its frame the tracker's own mask is the output
         # (reporting the hand-over lowered tracked J&F as well).
         check = config.appearance
         tracked = replace(config, given_is_output=False)
-        tracked = tracked if check is None else replace(tracked, appearance=replace(check, filter=0))
+        tracked = tracked if check is None else replace(tracked, appearance=replace(check, filter=0, levels=None))
         self.tracker = BatchSession(with_slots(tracker, discovery.tracker_slots), tracked, capacity)
         self.config = config
         self.discovery = discovery

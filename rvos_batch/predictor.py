@@ -33,6 +33,7 @@ from torch import Tensor
 from rvos_batch import rle, rle_torch
 from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
+from rvos_batch.appearance import view as appearance_view
 from rvos_batch.levels import LevelsConfig, LevelsState, auto_levels
 from rvos_batch.model.config import ConfigError, RVOSConfig
 from rvos_batch.model.rvos import RVOS, RVOSState, given_claims, overlay_given
@@ -444,7 +445,10 @@ class BatchSession:
             if self.appearance is not None:
                 assert self.config.appearance is not None
                 sub_app = self.appearance if index is None else self.appearance.index_rows(index)
-                seen = appearance_check(batch, probs, reportable, self.config.threshold, given, valid, sub_app,
+                looks = batch  # what the check and the filter read: one-shot, low-contrast videos stretched
+                if self.one_shot:
+                    looks, sub_app = appearance_view(batch, sub_app, self.config.appearance, present)
+                seen = appearance_check(looks, probs, reportable, self.config.threshold, given, valid, sub_app,
                                         self.config.appearance, learn_first=not self.one_shot)
                 if index is None:  # padding rows report no slot and are given nothing: their state is unchanged
                     new_appearance = seen.state
@@ -452,7 +456,7 @@ class BatchSession:
                     new_appearance = self.appearance.scatter_rows(index, seen.state)
                 reportable = reportable & ~seen.hidden  # output only: a hidden slot's fed-back mask stays its own
                 # refined (one-shot: and guided-filtered) masks: the output, and the masks fed back
-                probs, fed = apply_check(batch, probs, new_sub.prev_masks, seen, reportable, valid,
+                probs, fed = apply_check(looks, probs, new_sub.prev_masks, seen, reportable, valid,
                                          self.config.appearance, self.config.threshold, smooth=self.one_shot)
                 if fed is not new_sub.prev_masks:
                     new_sub = replace(new_sub, prev_masks=fed)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rvos_batch.appearance import AppearanceConfig, AppearanceState, apply_check
 from rvos_batch.appearance import check as appearance_check
+from rvos_batch.appearance import view as appearance_view
 from rvos_batch.errors import RvosBatchError
 from rvos_batch.model.checkpoint import load_checkpoint, save_checkpoint
 from rvos_batch.model.config import RVOSConfig, is_int_in
@@ -237,8 +238,8 @@ def clip_loss(model: RVOS, batch: dict[str, Tensor], cfg: TrainConfig) -> Tensor
 
 def _check(cfg: TrainConfig) -> AppearanceConfig | None:
     """The appearance check training feeds back through: labeling's defaults with the training's filter radius
-    (0 unless ``--appearance-filter``: the shipped model was trained without it), or None."""
-    return AppearanceConfig(filter=cfg.appearance_filter) if cfg.appearance_check else None
+    (0 unless ``--appearance-filter``) and without the check's levels, as the shipped model was trained; or None."""
+    return AppearanceConfig(filter=cfg.appearance_filter, levels=None) if cfg.appearance_check else None
 
 
 def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor,
@@ -258,10 +259,11 @@ def _one_shot_logits(model: RVOS, images: Tensor, given: Tensor, valid: Tensor,
         logits, state = model.step(images[:, i], state, given[:, i], valid[:, i])
         with torch.no_grad():
             probs = slot_probs(logits.detach())
-            seen = appearance_check(images[:, i], probs, state.started, threshold, given[:, i], valid[:, i],
+            looks, seen_state = appearance_view(images[:, i], seen_state, config)
+            seen = appearance_check(looks, probs, state.started, threshold, given[:, i], valid[:, i],
                                     seen_state, config)
             seen_state = seen.state
-            _, fed = apply_check(images[:, i], probs, state.prev_masks, seen, state.started[:, :k] & ~seen.hidden,
+            _, fed = apply_check(looks, probs, state.prev_masks, seen, state.started[:, :k] & ~seen.hidden,
                                  valid[:, i], config, threshold, smooth=True)  # as a one-shot BatchSession
             if fed is not state.prev_masks:
                 state = replace(state, prev_masks=fed)

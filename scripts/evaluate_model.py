@@ -27,7 +27,7 @@ from rvos_batch.job.worker import run_in_process
 def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
           input_size: tuple[int, int] | None = None, tracker: str | None = AUTO_TRACKER,
           appearance_check: bool = True, appearance_refine: float = 2.0, appearance_filter: int = 4,
-          auto_levels: float = 0.0) -> dict:
+          appearance_levels: float = 0.6, auto_levels: float = 0.0) -> dict:
     corpus = work / "corpus"
     if not (corpus / "frames").exists():
         ingest(IngestConfig(src=data, out=str(corpus), format="davis", progress=False))
@@ -36,7 +36,7 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     cfg = LabelConfig(corpus=str(corpus), out=str(out), mode=mode, model=model, batch_videos=batch_videos,
                       input_size=input_size, tracker=tracker, appearance_check=appearance_check,
                       appearance_refine=appearance_refine, appearance_filter=appearance_filter,
-                      auto_levels=auto_levels, overwrite=True)
+                      appearance_levels=appearance_levels, auto_levels=auto_levels, overwrite=True)
     t0 = time.perf_counter()
     results = run_in_process(cfg)
     seconds = time.perf_counter() - t0
@@ -48,7 +48,7 @@ def score(data: str, model: str, mode: str, work: Path, batch_videos: int = 4,
     summary = evaluate(str(pngs), str(gt), protocol=protocol, missing="empty").summary()
     check = cfg.appearance_config()
     summary.update({"mode": mode, "model": model, "tracker": tracker,
-                    "appearance": asdict(check) if check is not None else None,
+                    "appearance": check.record() if check is not None else None,
                     "levels": asdict(stretch) if (stretch := cfg.levels_config()) is not None else None,
                     "input_size": list(input_size) if input_size else None,
                     "frames": frames, "label_seconds": round(seconds, 2),
@@ -71,6 +71,8 @@ def main() -> int:
                    help="as rvos-batch label --appearance-refine (default 2)")
     p.add_argument("--appearance-filter", type=int, default=4, metavar="R",
                    help="as rvos-batch label --appearance-filter (default 4)")
+    p.add_argument("--appearance-levels", type=float, default=0.6, metavar="R",
+                   help="as rvos-batch label --appearance-levels (default 0.6; 0: off)")
     p.add_argument("--auto-levels", type=float, default=0.0, metavar="R",
                    help="as rvos-batch label --auto-levels (default 0: off)")
     p.add_argument("--json", action="store_true")
@@ -80,7 +82,8 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     s = score(args.data, args.model, args.mode, work, input_size=args.input_size, tracker=args.tracker,
               appearance_check=not args.no_appearance_check, appearance_refine=args.appearance_refine,
-              appearance_filter=args.appearance_filter, auto_levels=args.auto_levels)
+              appearance_filter=args.appearance_filter, appearance_levels=args.appearance_levels,
+              auto_levels=args.auto_levels)
     if args.json:
         print(json.dumps(s))
     else:

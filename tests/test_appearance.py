@@ -3,6 +3,8 @@ gone, reports it again when it comes back, leaves other rows alone, and snapshot
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,9 @@ from rvos_batch.appearance import (
     histograms,
     majority,
     surroundings,
+    view,
 )
+from rvos_batch.levels import LevelsState
 from rvos_batch.model import RVOS, ConfigError, RVOSConfig
 from rvos_batch.predictor import BatchSession, PredictConfig, preprocess
 
@@ -86,7 +90,7 @@ def _state(hists: list[list[np.ndarray | None]], bins: int) -> AppearanceState:
             if h is not None:
                 models[i, s] = torch.from_numpy(h).float()
                 known[i, s] = True
-    return AppearanceState(models, known)
+    return AppearanceState(models, known, LevelsState.empty(b))
 
 
 def _frames_and_probs():
@@ -381,6 +385,55 @@ def test_one_shot_sessions_filter_their_masks_and_feed_them_back_and_zero_shot_s
         masks[name] = [session.step({0: (t, preprocess(_frame(True, seed=t), session.input_size))})[0].masks
                        for t in range(2)]
     assert all((a == b).all() for a, b in zip(masks["filtered"], masks["unfiltered"], strict=True))
+
+
+def test_the_check_views_a_low_contrast_video_stretched_and_others_as_they_are():
+    dim = torch.rand(2, 3, 16, 16) * 0.1 + 0.45  # levels spanning about 0.1 of the range
+    bright = torch.rand(2, 3, 16, 16)
+    state = AppearanceState.empty(2, 1, AppearanceConfig(), "cpu")
+    out, seen = view(dim, state, AppearanceConfig(levels=0.6))
+    span = out.flatten(1).quantile(0.995, dim=1) - out.flatten(1).quantile(0.005, dim=1)
+    assert (span > 0.35).all() and bool(seen.levels.seen.all()), "stretched (at most 4x), and the levels kept"
+    assert torch.equal(view(bright, state, AppearanceConfig(levels=0.6))[0], bright), "a contrasty video is as it is"
+    same, kept = view(dim, state, AppearanceConfig(levels=None))
+    assert same is dim and kept is state, "levels None: the frames and the state as they are"
+    _, part = view(dim, state, AppearanceConfig(), present=torch.tensor([True, False]))
+    assert part.levels.seen.tolist() == [True, False], "a padded step's blank row keeps its video's levels"
+    assert AppearanceConfig(levels=None).record() == {
+        k: v for k, v in dataclasses.asdict(AppearanceConfig()).items() if k != "levels"}
+
+
+def test_a_one_shot_session_checks_dark_footage_as_stretched(monkeypatch):
+    """At an eighth of the brightness the red square and the blue background fall into the same colour bin: the
+    check cannot tell that the object has gone. Seen stretched (the default), it can. Zero-shot sessions and a
+    check without levels read the frames as they are; the model always does."""
+    model = _model_that_keeps_the_square(monkeypatch)
+    shows = [True, True, False, False, True]
+
+    def dark(session: BatchSession) -> list[list[int]]:
+        out = []
+        for t, s in enumerate(shows):
+            frame = (_frame(s, seed=t) * 0.125).astype(np.uint8)
+            out.append(session.step({0: (t, preprocess(frame, session.input_size))})[0].object_ids.tolist())
+        return out
+
+    runs = {}
+    for name, config in (("stretched", PredictConfig()),
+                         ("as is", PredictConfig(appearance=AppearanceConfig(levels=None)))):
+        session = BatchSession(model, config, capacity=1)
+        session.add(0, "dark", ORIG, {0: {7: _square()}})
+        runs[name] = dark(session)
+    assert runs["stretched"] == [[7], [7], [], [], [7]], "left out while it is gone, back when it is back"
+    assert runs["as is"] == [[7]] * 5, "unstretched, its colours are the background's"
+    zero = _model_that_keeps_the_square(monkeypatch, mode="zero-shot")
+    masks = {}
+    for name, seen in (("default", AppearanceConfig()), ("as is", AppearanceConfig(levels=None))):
+        session = BatchSession(zero, PredictConfig(appearance=seen), capacity=1)
+        session.add(0, "dark")
+        masks[name] = [session.step({0: (t, preprocess((_frame(s, seed=t) * 0.125).astype(np.uint8), SIZE), ORIG)})[0]
+                       for t, s in enumerate(shows)]
+    assert [r.object_ids.tolist() for r in masks["default"]] == [r.object_ids.tolist() for r in masks["as is"]]
+    assert all((a.masks == b.masks).all() for a, b in zip(masks["default"], masks["as is"], strict=True))
 
 
 def test_a_snapshot_restores_the_checks_state(monkeypatch):

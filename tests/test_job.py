@@ -165,6 +165,7 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     assert set(masks.column("object_id").to_pylist()) <= {1, 2}
     # the appearance check is on by default; its settings join the fingerprint, so a run without it is refused
     assert run["model"]["appearance"] == run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig())
+    assert run["fingerprint"]["appearance"]["levels"] == 0.6, "one-shot: the check sees low-contrast videos stretched"
     # a given mask is its frame's output: an OUT labeled before that rule (no such key) is refused
     assert run["fingerprint"]["given_masks"] == "output"
     assert run_job(cfg, progress=False).shards_done == 0  # the same rule: nothing left to do
@@ -195,9 +196,16 @@ def test_one_shot_with_prompts_for_a_missing_video(tmp_path, ray_local):
     args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--appearance-filter", "2"])
     assert config_from_args(args).appearance_config() == AppearanceConfig(filter=2)
     zero = dataclasses.replace(cfg, mode="zero-shot", prompts=None)
-    assert zero.appearance_config() == AppearanceConfig(filter=0)
+    assert zero.appearance_config() == AppearanceConfig(filter=0, levels=None)
     with pytest.raises(RvosBatchError, match="--appearance-filter must be an integer radius in 0..64"):
         dataclasses.replace(cfg, appearance_filter=-1)
+    # and the check's levels (one-shot only, like the filter)
+    with pytest.raises(MaskStoreError, match="appearance"):
+        run_job(dataclasses.replace(cfg, appearance_levels=0.8), progress=False)
+    args = build_parser().parse_args(["label", corpus, "o", "--mode", "one-shot", "--appearance-levels", "0"])
+    assert config_from_args(args).appearance_config() == AppearanceConfig(levels=None)
+    with pytest.raises(RvosBatchError, match="--appearance-levels must be a span of the value range"):
+        dataclasses.replace(cfg, appearance_levels=1.5)
     # auto-levels are off by default and then not in the fingerprint; with them, their settings join it
     assert run["model"]["levels"] is None and "levels" not in run["fingerprint"]
     with pytest.raises(MaskStoreError, match="levels"):
@@ -237,7 +245,9 @@ def test_zero_shot_with_a_tracker(tmp_path, model_path, ray_local):
     assert run["model"]["tracker"]["discovery"] == run["fingerprint"]["discovery"] == dataclasses.asdict(
         DiscoveryConfig())
     # the tracker is checked, but its masks are not filtered: the run records filter 0
-    assert run["fingerprint"]["appearance"] == dataclasses.asdict(AppearanceConfig(filter=0))
+    # nor do its checks see stretched frames: zero-shot runs record no levels, as before the levels existed
+    older = {k: v for k, v in dataclasses.asdict(AppearanceConfig(filter=0)).items() if k != "levels"}
+    assert run["fingerprint"]["appearance"] == older
     assert "given_masks" not in run["fingerprint"]  # a hand-over is the finder's guess: the tracker's mask is output
     assert run_job(cfg, progress=False).shards_skipped == 1
     with pytest.raises(MaskStoreError, match="tracker_sha256") as refused:  # the same OUT without the tracker

@@ -52,6 +52,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "filter of radius R pixels at the model's input size, so its edges follow the frame's "
                         "colour edges; the filtered mask is also fed back (default 4; 0: no filter). Not used in "
                         "zero-shot runs (see the model card)")
+    p.add_argument("--appearance-levels", type=float, default=0.6, metavar="R",
+                   help="one-shot: the appearance check and its filter (not the model) see a video whose levels "
+                        "(0.5%% and 99.5%% quantiles) span less than R of the value range stretched up to R, so "
+                        "dark or washed-out objects stand out from their surroundings again; videos that span R "
+                        "are checked as they are (default 0.6; 0: off; see the model card)")
     p.add_argument("--auto-levels", type=float, default=0.0, metavar="R",
                    help="for dark, washed-out or low-contrast footage: stretch a video's frames about their middle "
                         "until their levels (0.5%% and 99.5%% quantiles) span R of the value range, as the training "
@@ -94,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> LabelConfig:
         corpus=corpus, out=args.out, mode=args.mode, prompts=args.prompts, model=args.model,
         input_size=args.input_size, tracker=args.tracker, appearance_check=not args.no_appearance_check,
         appearance_refine=args.appearance_refine, appearance_filter=args.appearance_filter,
+        appearance_levels=args.appearance_levels,
         auto_levels=args.auto_levels, videos_per_shard=args.videos_per_shard, num_actors=args.num_actors,
         gpus_per_actor=args.gpus_per_actor,
         cpus_per_actor=args.cpus_per_actor, batch_videos=args.batch_videos, decode_threads=args.decode_threads,

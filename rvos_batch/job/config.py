@@ -71,6 +71,7 @@ class LabelConfig:
     appearance_check: bool = True  # leave a followed mask out while it looks like its surroundings (appearance.py)
     appearance_refine: float = 2.0  # the check's colour ratio for trimming and growing kept masks; 0: no refinement
     appearance_filter: int = 4  # one-shot: radius of the colour-guided filter on followed masks; 0: none
+    appearance_levels: float = 0.6  # one-shot: the check and the filter see low-contrast videos stretched; 0: off
     auto_levels: float = 0.0  # > 0: a video whose levels span less of the range is stretched up to it (levels.py)
     model_sha256: str | None = None  # set by the driver: every actor must load exactly the model it digested
     tracker_sha256: str | None = None  # the same for the tracker
@@ -98,6 +99,12 @@ class LabelConfig:
         if not is_int_in(self.appearance_filter, 0, 64):
             raise RvosBatchError(
                 f"--appearance-filter must be an integer radius in 0..64 (0: no filter), got {self.appearance_filter!r}"
+            )
+        if isinstance(self.appearance_levels, bool) or not isinstance(self.appearance_levels, (int, float)) or not (
+                0.0 <= self.appearance_levels <= 1.0):
+            raise RvosBatchError(
+                f"--appearance-levels must be a span of the value range in (0, 1] (0: off), got "
+                f"{self.appearance_levels!r}"
             )
         if isinstance(self.auto_levels, bool) or not isinstance(self.auto_levels, (int, float)) or not (
                 0.0 <= self.auto_levels <= 1.0):
@@ -134,14 +141,17 @@ class LabelConfig:
 
     def appearance_config(self) -> AppearanceConfig | None:
         """The actors' :class:`~rvos_batch.appearance.AppearanceConfig`, or None with ``--no-appearance-check``.
-        The guided filter (``--appearance-filter``) is for one-shot labeling: a zero-shot run, with or without a
-        tracker, records ``filter`` 0, since it is not applied there."""
+        The guided filter (``--appearance-filter``) and the check's levels (``--appearance-levels``) are for one-shot
+        labeling: a zero-shot run, with or without a tracker, records ``filter`` 0 and no ``levels``, since they are
+        not applied there."""
         if not self.appearance_check:
             return None
         from rvos_batch.appearance import AppearanceConfig  # torch: not needed to parse a command line
 
+        one_shot = self.mode == "one-shot"
         return AppearanceConfig(refine=float(self.appearance_refine) if self.appearance_refine else None,
-                                filter=self.appearance_filter if self.mode == "one-shot" else 0)
+                                filter=self.appearance_filter if one_shot else 0,
+                                levels=float(self.appearance_levels) if one_shot and self.appearance_levels else None)
 
     def levels_config(self) -> LevelsConfig | None:
         """The actors' :class:`~rvos_batch.levels.LevelsConfig`, or None with ``--auto-levels 0`` (the default)."""

@@ -240,7 +240,7 @@ def run_job(config: LabelConfig, progress: bool = True) -> JobSummary:
         tracker_info = {"name": config.tracker, "path": tracker_path, "sha256": tracker_sha,
                         "config": tracker_config.to_dict(), "discovery": discovery}
     check = config.appearance_config()  # the actors' appearance check, None when off
-    appearance = dataclasses.asdict(check) if check is not None else None
+    appearance = check.record() if check is not None else None
     stretch = config.levels_config()  # the actors' auto-levels, None when off
     levels = dataclasses.asdict(stretch) if stretch is not None else None
     fingerprint = output_fingerprint(config, model_sha, corpus_fingerprint(entries), model_config.input_size,
