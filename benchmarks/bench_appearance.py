@@ -1,5 +1,5 @@
 """The appearance check's cost: the shipped models alone, with and without the check (and, one-shot, its guided
-filter); writes the "## Appearance check" section of benchmarks/RESULTS.md.
+filter and its levels); writes the "## Appearance check" section of benchmarks/RESULTS.md.
 
 Run:  nice -n 19 .venv/bin/python benchmarks/bench_appearance.py [--steps 12] [--repeat 3] [--no-write]
 
@@ -7,9 +7,10 @@ Model alone as in bench_model.py (``benchkit.model_alone``: a BatchSession stepp
 upload, model step, state update, no decoding, no masks), each shipped model at its input size (one-shot: 5
 prompted objects per video; zero-shot: all 8 slots), on the CPU and, where there is one, the GPU. Each
 configuration is the best of ``--repeat`` runs of ``--steps`` steps; the configurations alternate so that load
-on a shared machine falls on all of them. The guided filter runs in one-shot sessions only, so the zero-shot model
-is measured without the check and with it. The frames are five coloured ellipses moving over a noisy background, so the
-check has masks, rings and colours to work on.
+on a shared machine falls on all of them. The guided filter and the check's levels run in one-shot sessions only, so
+the zero-shot model is measured without the check and with it. The frames are five coloured ellipses moving over a
+noisy background, so the check has masks, rings and colours to work on; their levels span more than 0.6, so the
+levels are measured (two quantiles per frame) but stretch nothing, as on most footage.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = model.config.input_size
         models.append(f"{mode}: {what}, input {size[0]}x{size[1]}")
         frames = frames_of(size, 8)
-        settings: list[tuple[str, AppearanceConfig | None]] = [("without", None), ("with", AppearanceConfig(filter=0))]
+        settings: list[tuple[str, AppearanceConfig | None]] = [
+            ("without", None), ("with", AppearanceConfig(filter=0, levels=None))]
         if mode == "one-shot":
-            settings.append(("filter", AppearanceConfig()))  # the default: the check and its guided filter
+            settings.append(("filter", AppearanceConfig(levels=None)))  # the check and its guided filter
+            settings.append(("levels", AppearanceConfig()))  # the default: and the check's levels
         for batch in args.batch:
             best: dict[str, tuple[float, float]] = {}
             for _ in range(args.repeat):
@@ -69,8 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         best[name] = (fps, cpu_ms)
             (f0, c0), (f1, c1) = best["without"], best["with"]
             f2, c2 = best.get("filter", (None, None))
-            rows.append((device, mode, batch, f0, f1, f2, c0, c1, c2))
-            extra = "" if f2 is None else f", with the filter {f2:.1f} (+{1e3 / f2 - 1e3 / f0:.2f} ms, CPU ms {c2:.1f})"
+            f3, c3 = best.get("levels", (None, None))
+            rows.append((device, mode, batch, f0, f1, f2, f3, c0, c1, c2, c3))
+            extra = "" if f2 is None or f3 is None else (
+                f", with the filter {f2:.1f} (+{1e3 / f2 - 1e3 / f0:.2f} ms, CPU ms {c2:.1f}), and the levels "
+                f"{f3:.1f} (+{1e3 / f3 - 1e3 / f0:.2f} ms, CPU ms {c3:.1f})")
             print(f"{device} {mode} batch {batch}: {f0:.1f} -> {f1:.1f} frames/s, +{1e3 / f1 - 1e3 / f0:.2f} ms per "
                   f"frame (CPU ms per frame {c0:.1f} -> {c1:.1f}){extra}", flush=True)
     if args.no_write:
@@ -81,20 +87,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "The shipped models alone (`benchkit.model_alone`: upload, model step, state update; no decoding, no "
         "masks; one-shot with 5 objects per video), without the appearance check, with it "
         "(`rvos_batch.appearance`: histograms, the ring, the leave-out test and the refinement, all on the model's "
-        "device at its input size; `--appearance-filter 0`) and, one-shot, with it and its guided filter (radius 4, "
-        "fitted at half size: the default). Best of the repeats; the settings alternate. Wall ms per frame added "
-        "is against the run without the check.",
+        "device at its input size; `--appearance-filter 0 --appearance-levels 0`), and, one-shot, with it and its "
+        "guided filter (radius 4, fitted at half size; `--appearance-levels 0`) and with both and the check's levels "
+        "(the default: each frame's two quantiles, the moving levels; these frames span more than 0.6, so nothing is "
+        "stretched). Best of the repeats; the settings alternate. Wall ms per frame added is against the run "
+        "without the check.",
         "",
         f"- Machine: {host}",
         f"- Command: `{benchkit.command('bench_appearance.py', argv)}`",
         *[f"- Model, {m}" for m in dict.fromkeys(models)],
         "",
-        "| device | model | videos per step | frames/s without | frames/s with | frames/s with the filter | wall ms "
-        "per frame added: check / check and filter | CPU ms per frame without / with / with the filter |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-        *[f"| {d} | {m} | {b} | {f0:.1f} | {f1:.1f} | {_num(f2, '.1f')} | {1e3 / f1 - 1e3 / f0:+.2f} / "
-          f"{_num(None if f2 is None else 1e3 / f2 - 1e3 / f0, '+.2f')} | {c0:.1f} / {c1:.1f} / {_num(c2, '.1f')} |"
-          for d, m, b, f0, f1, f2, c0, c1, c2 in rows],
+        "| device | model | videos per step | frames/s without | frames/s with | frames/s with the filter | frames/s "
+        "with the filter and levels | wall ms per frame added: check / and filter / and levels | CPU ms per frame "
+        "without / with / with the filter / and levels |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {d} | {m} | {b} | {f0:.1f} | {f1:.1f} | {_num(f2, '.1f')} | {_num(f3, '.1f')} | "
+          f"{1e3 / f1 - 1e3 / f0:+.2f} / {_num(None if f2 is None else 1e3 / f2 - 1e3 / f0, '+.2f')} / "
+          f"{_num(None if f3 is None else 1e3 / f3 - 1e3 / f0, '+.2f')} | {c0:.1f} / {c1:.1f} / {_num(c2, '.1f')} / "
+          f"{_num(c3, '.1f')} |"
+          for d, m, b, f0, f1, f2, f3, c0, c1, c2, c3 in rows],
     ]
     if "cuda" not in devices:
         lines += ["", "- No GPU was available: the GPU rows were not measured. On CUDA the same command adds them."]
