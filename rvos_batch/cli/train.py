@@ -39,7 +39,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="also recolour each clip (channel order, saturation, contrast, inversion; not in the paper)")
     p.add_argument("--appearance-check", action="store_true",
                    help="one-shot --stage 2: refine the fed-back masks by the appearance check between frames, as "
-                        "labeling does (not in the paper; see rvos_batch.appearance)")
+                        "labeling does, with the frames as they are (labeling's --appearance-levels is not used: the "
+                        "shipped model was trained without it; not in the paper; see rvos_batch.appearance)")
     p.add_argument("--appearance-filter", type=int, default=0, metavar="R",
                    help="with --appearance-check: also smooth the fed-back masks with the guided filter of radius R, "
                         "as one-shot labeling does (its default is 4; here the default 0 is how the shipped model "
