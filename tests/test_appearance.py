@@ -473,6 +473,7 @@ def test_a_zero_shot_slot_is_checked_against_its_first_mask(monkeypatch):
     assert both.finder.appearance is None and both.tracker.appearance is not None
     tracked = both.tracker.config.appearance
     assert tracked is not None and tracked.filter == 0 and tracked.refine == AppearanceConfig().refine, "not filtered"
+    assert tracked.levels is None, "and it checks the frames as they are"
 
 
 @pytest.mark.parametrize(("checked", "radius"), [(True, 0), (True, 4), (False, 0)])
