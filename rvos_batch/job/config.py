@@ -100,17 +100,11 @@ class LabelConfig:
             raise RvosBatchError(
                 f"--appearance-filter must be an integer radius in 0..64 (0: no filter), got {self.appearance_filter!r}"
             )
-        if isinstance(self.appearance_levels, bool) or not isinstance(self.appearance_levels, (int, float)) or not (
-                0.0 <= self.appearance_levels <= 1.0):
-            raise RvosBatchError(
-                f"--appearance-levels must be a span of the value range in (0, 1] (0: off), got "
-                f"{self.appearance_levels!r}"
-            )
-        if isinstance(self.auto_levels, bool) or not isinstance(self.auto_levels, (int, float)) or not (
-                0.0 <= self.auto_levels <= 1.0):
-            raise RvosBatchError(
-                f"--auto-levels must be a span of the value range in (0, 1] (0: off), got {self.auto_levels!r}"
-            )
+        for name in ("appearance_levels", "auto_levels"):  # spans of the value range, 0: off
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise RvosBatchError(f"--{name.replace('_', '-')} must be a span of the value range in (0, 1] "
+                                     f"(0: off), got {value!r}")
         if self.amp is not None and self.amp not in AMP_CHOICES:
             raise RvosBatchError(f"--amp must be one of {list(AMP_CHOICES)}, got {self.amp!r}")
         if self.compile is not None and self.compile not in COMPILE_CHOICES:
