@@ -410,19 +410,17 @@ def test_a_one_shot_session_checks_dark_footage_as_stretched(monkeypatch):
     model = _model_that_keeps_the_square(monkeypatch)
     shows = [True, True, False, False, True]
 
-    def dark(session: BatchSession) -> list[list[int]]:
-        out = []
-        for t, s in enumerate(shows):
-            frame = (_frame(s, seed=t) * 0.125).astype(np.uint8)
-            out.append(session.step({0: (t, preprocess(frame, session.input_size))})[0].object_ids.tolist())
-        return out
+    def dark(session: BatchSession) -> list:
+        """Step row 0 through the frames of ``shows`` at an eighth of their brightness; its FrameResults."""
+        return [session.step({0: (t, preprocess((_frame(s, seed=t) * 0.125).astype(np.uint8), SIZE), ORIG)})[0]
+                for t, s in enumerate(shows)]
 
     runs = {}
     for name, config in (("stretched", PredictConfig()),
                          ("as is", PredictConfig(appearance=AppearanceConfig(levels=None)))):
         session = BatchSession(model, config, capacity=1)
         session.add(0, "dark", ORIG, {0: {7: _square()}})
-        runs[name] = dark(session)
+        runs[name] = [r.object_ids.tolist() for r in dark(session)]
     assert runs["stretched"] == [[7], [7], [], [], [7]], "left out while it is gone, back when it is back"
     assert runs["as is"] == [[7]] * 5, "unstretched, its colours are the background's"
     zero = _model_that_keeps_the_square(monkeypatch, mode="zero-shot")
@@ -430,8 +428,7 @@ def test_a_one_shot_session_checks_dark_footage_as_stretched(monkeypatch):
     for name, seen in (("default", AppearanceConfig()), ("as is", AppearanceConfig(levels=None))):
         session = BatchSession(zero, PredictConfig(appearance=seen), capacity=1)
         session.add(0, "dark")
-        masks[name] = [session.step({0: (t, preprocess((_frame(s, seed=t) * 0.125).astype(np.uint8), SIZE), ORIG)})[0]
-                       for t, s in enumerate(shows)]
+        masks[name] = dark(session)
     assert [r.object_ids.tolist() for r in masks["default"]] == [r.object_ids.tolist() for r in masks["as is"]]
     assert all((a.masks == b.masks).all() for a, b in zip(masks["default"], masks["as is"], strict=True))
 
